@@ -1,0 +1,163 @@
+package domain
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math/big"
+)
+
+// A secret looks like  tlo_<43 base62 chars><6 base62 chars>
+//
+//   - the prefix names the scope (tlo_ organization, tlw_ workspace, tld_
+//     deployment), so a secret scanner can match it with a tight regular
+//     expression: tl[owd]_[0-9A-Za-z]{49};
+//   - the 43 characters carry 256 bits from crypto/rand;
+//   - the last 6 characters are a CRC-32 of everything before them, so a
+//     mistyped or truncated string is rejected before any lookup, the way
+//     GitHub's token format does.
+//
+// Only SHA-256 of the whole string is ever stored. The secret has 256 bits of
+// entropy, so a fast hash is enough: there is nothing to brute-force.
+const (
+	secretPrefixLen = 4
+	secretBodyLen   = 43
+	secretSumLen    = 6
+	SecretLen       = secretPrefixLen + secretBodyLen + secretSumLen
+)
+
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+var secretPrefixes = map[Scope]string{
+	ScopeOrganization: "tlo_",
+	ScopeWorkspace:    "tlw_",
+	ScopeDeployment:   "tld_",
+}
+
+// ErrMalformedSecret: the string cannot be a TokenLedger secret (wrong prefix,
+// length, alphabet or checksum). Callers answer it exactly like an unknown token.
+var ErrMalformedSecret = errors.New("malformed token: wrong prefix, length or checksum")
+
+// Secret is a token's plaintext. Its String and GoString forms are redacted so it
+// cannot leak through a log line, a %v or a panic; Reveal is the one way out, used
+// once, to answer the create or rotate call.
+type Secret struct{ value string }
+
+func (s Secret) Reveal() string   { return s.value }
+func (s Secret) String() string   { return "[REDACTED]" }
+func (s Secret) GoString() string { return "domain.Secret{[REDACTED]}" }
+
+// IsZero reports whether no secret was issued.
+func (s Secret) IsZero() bool { return s.value == "" }
+
+// SecretHash is SHA-256 of a secret, the only form of it the ledger keeps.
+type SecretHash [sha256.Size]byte
+
+func (h SecretHash) String() string { return hex.EncodeToString(h[:]) }
+
+func (h SecretHash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+func (h *SecretHash) UnmarshalText(b []byte) error {
+	if hex.DecodedLen(len(b)) != len(h) {
+		return fmt.Errorf("secret hash: want %d hex characters", 2*len(h))
+	}
+	_, err := hex.Decode(h[:], b)
+	return err
+}
+
+// Hash returns the stored form of a secret string.
+func Hash(secret string) SecretHash { return sha256.Sum256([]byte(secret)) }
+
+// Fingerprint is a short, non-secret name for a secret: anyone holding the
+// secret can compute it (`ledger token verify` prints it), nobody can go back
+// from it to the secret or to the stored hash.
+func Fingerprint(secret string) string {
+	sum := sha256.Sum256([]byte("tokenledger fingerprint v1\x00" + secret))
+	return hex.EncodeToString(sum[:8])
+}
+
+// NewSecret draws 256 bits from r and formats them as a secret for scope s.
+func NewSecret(s Scope, r io.Reader) (Secret, error) {
+	prefix, ok := secretPrefixes[s]
+	if !ok {
+		return Secret{}, fmt.Errorf("new secret: unknown scope %q", s)
+	}
+	var raw [32]byte
+	if _, err := io.ReadFull(r, raw[:]); err != nil {
+		return Secret{}, fmt.Errorf("new secret: read randomness: %w", err)
+	}
+	buf := make([]byte, 0, SecretLen)
+	buf = append(buf, prefix...)
+	buf = appendBase62(buf, new(big.Int).SetBytes(raw[:]), secretBodyLen)
+	sum := crc32.ChecksumIEEE(buf)
+	buf = appendBase62(buf, new(big.Int).SetUint64(uint64(sum)), secretSumLen)
+	return Secret{value: string(buf)}, nil
+}
+
+// appendBase62 writes n as exactly width base62 digits, most significant first.
+func appendBase62(dst []byte, n *big.Int, width int) []byte {
+	digits := make([]byte, width)
+	base := big.NewInt(62)
+	mod := new(big.Int)
+	for i := width - 1; i >= 0; i-- {
+		n.DivMod(n, base, mod)
+		digits[i] = base62[mod.Int64()]
+	}
+	return append(dst, digits...)
+}
+
+// CheckSecretFormat validates prefix, length, alphabet and checksum without
+// allocating, and returns the scope the prefix names. It runs before any lookup.
+func CheckSecretFormat(s string) (Scope, error) {
+	if len(s) != SecretLen {
+		return "", ErrMalformedSecret
+	}
+	var scope Scope
+	for sc, p := range secretPrefixes {
+		if s[:secretPrefixLen] == p {
+			scope = sc
+			break
+		}
+	}
+	if scope == "" {
+		return "", ErrMalformedSecret
+	}
+	var want uint64
+	for i := secretPrefixLen; i < SecretLen; i++ {
+		d := base62Value(s[i])
+		if d < 0 {
+			return "", ErrMalformedSecret
+		}
+		if i >= secretPrefixLen+secretBodyLen {
+			want = want*62 + uint64(d)
+		}
+	}
+	if uint64(crc32String(s[:secretPrefixLen+secretBodyLen])) != want {
+		return "", ErrMalformedSecret
+	}
+	return scope, nil
+}
+
+func base62Value(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'Z':
+		return int(c-'A') + 10
+	case c >= 'a' && c <= 'z':
+		return int(c-'a') + 36
+	}
+	return -1
+}
+
+// crc32String is crc32.ChecksumIEEE over a string without copying it to a slice.
+func crc32String(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = crc32.IEEETable[byte(crc)^s[i]] ^ (crc >> 8)
+	}
+	return ^crc
+}

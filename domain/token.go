@@ -1,0 +1,542 @@
+package domain
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"maps"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits the commands enforce.
+const (
+	MaxNameLen        = 100
+	MaxDescriptionLen = 1000
+	MinExpirationDays = 1
+	MaxExpirationDays = 365
+)
+
+// Status is a token's standing at a given moment.
+type Status string
+
+const (
+	StatusActive  Status = "active"
+	StatusExpired Status = "expired"
+	StatusDeleted Status = "deleted"
+)
+
+// Env is what a command takes from outside the domain: the time, a source of
+// randomness for ids and secrets, and who is acting. EventID and IdempotencyKey
+// are set for a command the caller may retry: the same key gives the same event
+// id, which the store uses to drop the retry.
+type Env struct {
+	Now            time.Time
+	Rand           io.Reader
+	Actor          Actor
+	EventID        string
+	IdempotencyKey string
+}
+
+// Token is the aggregate: one API token and everything that happened to it.
+// State changes only in apply, so replaying the events gives the same token.
+type Token struct {
+	id             string
+	organizationID string
+	scope          Scope
+	workspaceID    string
+	deploymentID   string
+	name           string
+	description    string
+	role           Role
+	workspaceRoles map[string]Role
+	expirationDays int
+	expiresAt      time.Time // zero: never expires
+	createdAt      time.Time
+	updatedAt      time.Time
+	rotatedAt      time.Time
+	deletedAt      time.Time
+	version        uint64
+	secretHash     SecretHash
+	fingerprint    string
+}
+
+func (t *Token) ID() string                      { return t.id }
+func (t *Token) OrganizationID() string          { return t.organizationID }
+func (t *Token) Scope() Scope                    { return t.scope }
+func (t *Token) WorkspaceID() string             { return t.workspaceID }
+func (t *Token) DeploymentID() string            { return t.deploymentID }
+func (t *Token) Name() string                    { return t.name }
+func (t *Token) Description() string             { return t.description }
+func (t *Token) Role() Role                      { return t.role }
+func (t *Token) ExpirationDays() int             { return t.expirationDays }
+func (t *Token) ExpiresAt() time.Time            { return t.expiresAt }
+func (t *Token) CreatedAt() time.Time            { return t.createdAt }
+func (t *Token) UpdatedAt() time.Time            { return t.updatedAt }
+func (t *Token) RotatedAt() time.Time            { return t.rotatedAt }
+func (t *Token) DeletedAt() time.Time            { return t.deletedAt }
+func (t *Token) Version() uint64                 { return t.version }
+func (t *Token) SecretHash() SecretHash          { return t.secretHash }
+func (t *Token) Fingerprint() string             { return t.fingerprint }
+func (t *Token) Deleted() bool                   { return !t.deletedAt.IsZero() }
+func (t *Token) WorkspaceRoles() map[string]Role { return maps.Clone(t.workspaceRoles) }
+
+// WorkspaceRole returns the role an organization token holds in a workspace.
+func (t *Token) WorkspaceRole(workspaceID string) (Role, bool) {
+	r, ok := t.workspaceRoles[workspaceID]
+	return r, ok
+}
+
+// Status judges the token at now: expiry needs no event, it is read off the clock.
+func (t *Token) Status(now time.Time) Status {
+	switch {
+	case t.Deleted():
+		return StatusDeleted
+	case !t.expiresAt.IsZero() && !now.Before(t.expiresAt):
+		return StatusExpired
+	}
+	return StatusActive
+}
+
+// Clone returns a copy a command can run on without touching the original, which
+// may be shared with readers.
+func (t *Token) Clone() *Token {
+	c := *t
+	c.workspaceRoles = maps.Clone(t.workspaceRoles)
+	return &c
+}
+
+// CreateToken is the create command. Strings are taken as the caller typed them;
+// Create trims and checks them.
+type CreateToken struct {
+	OrganizationID string
+	Scope          string
+	WorkspaceID    string
+	DeploymentID   string
+	Name           string
+	Description    string
+	Role           string // empty: the scope's least-privileged role
+	ExpirationDays *int   // nil: never expires
+}
+
+// Create checks every field, issues a secret and records TokenCreated. All
+// broken rules are reported together.
+func Create(cmd CreateToken, env Env) (*Token, Event, Secret, error) {
+	var p problems
+	if !ValidID(cmd.OrganizationID) {
+		p.add("organization_id", idRule)
+	}
+	scope, err := ParseScope(cmd.Scope)
+	if err != nil {
+		p.add("scope", err.Error())
+	}
+	name, rule := checkName(cmd.Name)
+	if rule != "" {
+		p.add("name", rule)
+	}
+	if rule := checkDescription(cmd.Description); rule != "" {
+		p.add("description", rule)
+	}
+	role := Role(strings.ToUpper(strings.TrimSpace(cmd.Role)))
+	if role == "" && scope != "" {
+		role = defaultRole[scope]
+	}
+	if scope != "" {
+		if rule := checkRole("role", role, scope); rule != "" {
+			p.add("role", rule)
+		}
+	}
+	switch scope {
+	case ScopeOrganization:
+		if cmd.WorkspaceID != "" {
+			p.add("workspace_id", "an organization token belongs to no workspace; assign it to workspaces after creating it")
+		}
+		if cmd.DeploymentID != "" {
+			p.add("deployment_id", "only deployment tokens belong to a deployment")
+		}
+	case ScopeWorkspace:
+		if !ValidID(cmd.WorkspaceID) {
+			p.add("workspace_id", "required for a workspace token; "+idRule)
+		}
+		if cmd.DeploymentID != "" {
+			p.add("deployment_id", "only deployment tokens belong to a deployment")
+		}
+	case ScopeDeployment:
+		if !ValidID(cmd.WorkspaceID) {
+			p.add("workspace_id", "required for a deployment token (the deployment's workspace); "+idRule)
+		}
+		if !ValidID(cmd.DeploymentID) {
+			p.add("deployment_id", "required for a deployment token; "+idRule)
+		}
+	}
+	days := 0
+	if cmd.ExpirationDays != nil {
+		days = *cmd.ExpirationDays
+		if days < MinExpirationDays || days > MaxExpirationDays {
+			p.add("expiration_days", fmt.Sprintf("must be a whole number of days from %d to %d, or omitted for a token that never expires", MinExpirationDays, MaxExpirationDays))
+		}
+	}
+	if err := p.err(); err != nil {
+		return nil, Event{}, Secret{}, err
+	}
+
+	id, err := newTokenID(env.Rand)
+	if err != nil {
+		return nil, Event{}, Secret{}, err
+	}
+	secret, err := NewSecret(scope, env.Rand)
+	if err != nil {
+		return nil, Event{}, Secret{}, err
+	}
+	data := CreatedData{
+		Scope:          scope,
+		Name:           name,
+		Description:    cmd.Description,
+		Role:           role,
+		ExpirationDays: days,
+		SecretHash:     Hash(secret.Reveal()),
+		Fingerprint:    Fingerprint(secret.Reveal()),
+	}
+	if scope != ScopeOrganization {
+		data.WorkspaceID = cmd.WorkspaceID
+	}
+	if scope == ScopeDeployment {
+		data.DeploymentID = cmd.DeploymentID
+	}
+	if days > 0 {
+		exp := env.Now.Add(time.Duration(days) * 24 * time.Hour).UTC()
+		data.ExpiresAt = &exp
+	}
+	t := &Token{id: id, organizationID: cmd.OrganizationID}
+	e, err := t.record(env, data)
+	if err != nil {
+		return nil, Event{}, Secret{}, err
+	}
+	return t, e, secret, nil
+}
+
+// UpdateToken changes name, description and role; a nil field stays as it is.
+type UpdateToken struct {
+	Name        *string
+	Description *string
+	Role        *string
+}
+
+// Update records TokenUpdated with the fields that change. changed is false,
+// and no event is made, when every given value equals the current one.
+func (t *Token) Update(cmd UpdateToken, env Env) (e Event, changed bool, err error) {
+	if err := t.checkLive(); err != nil {
+		return Event{}, false, err
+	}
+	if cmd.Name == nil && cmd.Description == nil && cmd.Role == nil {
+		return Event{}, false, Invalid("name", "give at least one of name, description or role to change")
+	}
+	var p problems
+	var data UpdatedData
+	if cmd.Name != nil {
+		name, rule := checkName(*cmd.Name)
+		if rule != "" {
+			p.add("name", rule)
+		} else if name != t.name {
+			prev := t.name
+			data.Name, data.PreviousName = &name, &prev
+		}
+	}
+	if cmd.Description != nil {
+		if rule := checkDescription(*cmd.Description); rule != "" {
+			p.add("description", rule)
+		} else if *cmd.Description != t.description {
+			desc, prev := *cmd.Description, t.description
+			data.Description, data.PreviousDescription = &desc, &prev
+		}
+	}
+	if cmd.Role != nil {
+		role := Role(strings.ToUpper(strings.TrimSpace(*cmd.Role)))
+		if rule := checkRole("role", role, t.scope); rule != "" {
+			p.add("role", rule)
+		} else if role != t.role {
+			data.Role, data.PreviousRole = role, t.role
+		}
+	}
+	if err := p.err(); err != nil {
+		return Event{}, false, err
+	}
+	if data.Name == nil && data.Description == nil && data.Role == "" {
+		return Event{}, false, nil
+	}
+	e, err = t.record(env, data)
+	return e, err == nil, err
+}
+
+// Rotate issues a new secret; the old one stops working the moment the event is
+// stored. Name, description and roles are kept, and an expiring token is renewed
+// for its original number of days.
+func (t *Token) Rotate(env Env) (Event, Secret, error) {
+	if err := t.checkLive(); err != nil {
+		return Event{}, Secret{}, err
+	}
+	secret, err := NewSecret(t.scope, env.Rand)
+	if err != nil {
+		return Event{}, Secret{}, err
+	}
+	data := RotatedData{
+		SecretHash:          Hash(secret.Reveal()),
+		Fingerprint:         Fingerprint(secret.Reveal()),
+		PreviousSecretHash:  t.secretHash,
+		PreviousFingerprint: t.fingerprint,
+	}
+	if t.expirationDays > 0 {
+		exp := env.Now.Add(time.Duration(t.expirationDays) * 24 * time.Hour).UTC()
+		data.ExpiresAt = &exp
+	}
+	e, err := t.record(env, data)
+	if err != nil {
+		return Event{}, Secret{}, err
+	}
+	return e, secret, nil
+}
+
+// Assign gives an organization token a workspace role in a workspace, or changes
+// the role it has there. changed is false when it already holds that role.
+func (t *Token) Assign(workspaceID, role string, env Env) (e Event, changed bool, err error) {
+	if err := t.checkLive(); err != nil {
+		return Event{}, false, err
+	}
+	var p problems
+	if t.scope != ScopeOrganization {
+		p.add("token_id", fmt.Sprintf("only organization tokens can be assigned to workspaces; this is a %s token", t.scope))
+	}
+	if !ValidID(workspaceID) {
+		p.add("workspace_id", idRule)
+	}
+	r := Role(strings.ToUpper(strings.TrimSpace(role)))
+	if rule := checkRole("role", r, ScopeWorkspace); rule != "" {
+		p.add("role", rule)
+	}
+	if err := p.err(); err != nil {
+		return Event{}, false, err
+	}
+	prev := t.workspaceRoles[workspaceID]
+	if prev == r {
+		return Event{}, false, nil
+	}
+	e, err = t.record(env, AssignedData{WorkspaceID: workspaceID, Role: r, PreviousRole: prev})
+	return e, err == nil, err
+}
+
+// Unassign removes an organization token's role in a workspace.
+func (t *Token) Unassign(workspaceID string, env Env) (Event, error) {
+	if err := t.checkLive(); err != nil {
+		return Event{}, err
+	}
+	if !ValidID(workspaceID) {
+		return Event{}, Invalid("workspace_id", idRule)
+	}
+	prev, ok := t.workspaceRoles[workspaceID]
+	if !ok {
+		return Event{}, &StateError{Field: "workspace_id", Rule: fmt.Sprintf("token is not assigned to workspace %s", workspaceID)}
+	}
+	return t.record(env, UnassignedData{WorkspaceID: workspaceID, PreviousRole: prev})
+}
+
+// Delete ends the token. It accepts no command afterwards; its history stays.
+func (t *Token) Delete(env Env) (Event, error) {
+	if err := t.checkLive(); err != nil {
+		return Event{}, err
+	}
+	return t.record(env, DeletedData{})
+}
+
+func (t *Token) checkLive() error {
+	if t.Deleted() {
+		return fmt.Errorf("token %s: %w", t.id, ErrDeleted)
+	}
+	return nil
+}
+
+// record turns data into the token's next event and applies it.
+func (t *Token) record(env Env, data EventData) (Event, error) {
+	id := env.EventID
+	if id == "" {
+		var err error
+		if id, err = newUUID(env.Rand); err != nil {
+			return Event{}, err
+		}
+	}
+	e := Event{
+		ID:             id,
+		Type:           data.eventType(),
+		TokenID:        t.id,
+		OrganizationID: t.organizationID,
+		Version:        t.version + 1,
+		OccurredAt:     env.Now.UTC(),
+		Actor:          env.Actor,
+		IdempotencyKey: env.IdempotencyKey,
+		Data:           data,
+	}
+	if err := t.Apply(e); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// Replay rebuilds a token from its history, oldest event first. This, not
+// Create, is how a stored token comes back to life.
+func Replay(events []Event) (*Token, error) {
+	if len(events) == 0 {
+		return nil, ErrNotFound
+	}
+	t := &Token{id: events[0].TokenID, organizationID: events[0].OrganizationID}
+	for _, e := range events {
+		if err := t.Apply(e); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// NewFromCreated starts a token from its TokenCreated event. Projections use it
+// when they meet a token's first event; Apply does the rest.
+func NewFromCreated(e Event) (*Token, error) {
+	t := &Token{id: e.TokenID, organizationID: e.OrganizationID}
+	return t, t.Apply(e)
+}
+
+// Apply is the one place a token's state changes, for live commands and for
+// replay alike. It refuses an event that does not continue this token's history.
+func (t *Token) Apply(e Event) error {
+	if e.TokenID != t.id || e.OrganizationID != t.organizationID {
+		return fmt.Errorf("apply %s: event for token %s/%s applied to %s/%s", e.Type, e.OrganizationID, e.TokenID, t.organizationID, t.id)
+	}
+	if e.Version != t.version+1 {
+		return fmt.Errorf("apply %s to token %s: version %d does not follow %d", e.Type, t.id, e.Version, t.version)
+	}
+	if _, created := e.Data.(CreatedData); created != (t.version == 0) {
+		return fmt.Errorf("apply %s to token %s: a token's history starts with exactly one TokenCreated", e.Type, t.id)
+	}
+	switch d := e.Data.(type) {
+	case CreatedData:
+		t.scope = d.Scope
+		t.workspaceID = d.WorkspaceID
+		t.deploymentID = d.DeploymentID
+		t.name = d.Name
+		t.description = d.Description
+		t.role = d.Role
+		t.expirationDays = d.ExpirationDays
+		if d.ExpiresAt != nil {
+			t.expiresAt = *d.ExpiresAt
+		}
+		t.secretHash = d.SecretHash
+		t.fingerprint = d.Fingerprint
+		t.createdAt = e.OccurredAt
+	case UpdatedData:
+		if d.Name != nil {
+			t.name = *d.Name
+		}
+		if d.Description != nil {
+			t.description = *d.Description
+		}
+		if d.Role != "" {
+			t.role = d.Role
+		}
+	case RotatedData:
+		t.secretHash = d.SecretHash
+		t.fingerprint = d.Fingerprint
+		t.rotatedAt = e.OccurredAt
+		if d.ExpiresAt != nil {
+			t.expiresAt = *d.ExpiresAt
+		}
+	case AssignedData:
+		if t.workspaceRoles == nil {
+			t.workspaceRoles = make(map[string]Role)
+		}
+		t.workspaceRoles[d.WorkspaceID] = d.Role
+	case UnassignedData:
+		delete(t.workspaceRoles, d.WorkspaceID)
+	case DeletedData:
+		t.deletedAt = e.OccurredAt
+	default:
+		return fmt.Errorf("apply: unknown event data %T", e.Data)
+	}
+	t.version = e.Version
+	t.updatedAt = e.OccurredAt
+	return nil
+}
+
+func checkName(raw string) (string, string) {
+	name := strings.TrimSpace(raw)
+	switch {
+	case !utf8.ValidString(raw):
+		return "", "must be valid UTF-8"
+	case name == "":
+		return "", "required: 1-100 characters after trimming spaces"
+	case utf8.RuneCountInString(name) > MaxNameLen:
+		return "", fmt.Sprintf("at most %d characters (got %d)", MaxNameLen, utf8.RuneCountInString(name))
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return "", "must not contain control characters"
+	}
+	return name, ""
+}
+
+func checkDescription(d string) string {
+	switch {
+	case !utf8.ValidString(d):
+		return "must be valid UTF-8"
+	case utf8.RuneCountInString(d) > MaxDescriptionLen:
+		return fmt.Sprintf("at most %d characters (got %d)", MaxDescriptionLen, utf8.RuneCountInString(d))
+	case strings.IndexFunc(d, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) >= 0:
+		return "must not contain control characters other than newline and tab"
+	}
+	return ""
+}
+
+// Token ids are "tok_" and 26 lowercase base32 characters (128 random bits):
+// safe as a NATS subject token and in a URL path.
+var (
+	tokenIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+	tokenIDPattern  = regexp.MustCompile(`^tok_[a-z2-7]{26}$`)
+)
+
+// ValidTokenID reports whether s has the shape of a token id.
+func ValidTokenID(s string) bool { return tokenIDPattern.MatchString(s) }
+
+func newTokenID(r io.Reader) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return "", fmt.Errorf("new token id: %w", err)
+	}
+	return "tok_" + tokenIDEncoding.EncodeToString(b[:]), nil
+}
+
+func newUUID(r io.Reader) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return "", fmt.Errorf("new event id: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return formatUUID(b), nil
+}
+
+// IdempotentEventID derives the event id of a command retried under an
+// idempotency key: the same organization and key always give the same id, and
+// keys of different organizations never collide. It is a name-based (version 5
+// style) UUID over SHA-256.
+func IdempotentEventID(organizationID, key string) string {
+	sum := sha256.Sum256([]byte("tokenledger idempotency v1\x00" + organizationID + "\x00" + key))
+	var b [16]byte
+	copy(b[:], sum[:16])
+	b[6] = b[6]&0x0f | 0x50
+	b[8] = b[8]&0x3f | 0x80
+	return formatUUID(b)
+}
+
+func formatUUID(b [16]byte) string {
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
