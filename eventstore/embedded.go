@@ -1,0 +1,62 @@
+package eventstore
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedConfig configures the NATS server the ledger runs in-process when no
+// external one is given, so a first run needs nothing installed.
+type EmbeddedConfig struct {
+	// StoreDir holds JetStream's files.
+	StoreDir string
+	// Listen is host:port for services to connect to; port 0 picks a free one
+	// (tests), "" listens nowhere but in-process.
+	Listen string
+	// ServerName names the node in logs and cluster views.
+	ServerName string
+}
+
+// StartEmbedded starts a JetStream-enabled nats-server and waits until it
+// accepts connections. The caller shuts it down with Shutdown and
+// WaitForShutdown.
+func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: cfg.ServerName,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		// The ledger handles signals itself; nats-server must not exit the process.
+		NoSigs: true,
+		NoLog:  true,
+	}
+	if cfg.Listen == "" {
+		opts.DontListen = true
+	} else {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen address %q: %w", cfg.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen address %q: port: %w", cfg.Listen, err)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, p
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats: not ready after 30s (is %s already in use?)", cfg.Listen)
+	}
+	return ns, nil
+}

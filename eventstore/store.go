@@ -1,0 +1,283 @@
+// Package eventstore keeps token events in a NATS JetStream stream, the ledger's
+// only source of truth, and reads them back.
+//
+// Subject layout (one stream, default name TOKENS):
+//
+//	ledger.tokens.<organization_id>.<token_id>.<EventType>
+//
+// so a subscriber can filter by organization (ledger.tokens.acme.>), by token
+// (ledger.tokens.acme.tok_x.*) or by event type (ledger.tokens.*.*.TokenRotated).
+// A token's events are one ordered history: every append states the stream
+// sequence of the token's last event, checked by JetStream against all subjects
+// of that token (Nats-Expected-Last-Subject-Sequence with its -Subject header,
+// nats-server 2.11 or later). Of two concurrent commands on one token only one
+// is stored; the other gets domain.ErrConflict.
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenledger/tokenledger/domain"
+)
+
+// Config names and shapes the stream.
+type Config struct {
+	Stream        string
+	SubjectPrefix string
+	Storage       jetstream.StorageType
+	Replicas      int
+	// DuplicateWindow is how long JetStream remembers event ids to drop a
+	// retried command.
+	DuplicateWindow time.Duration
+}
+
+// DefaultConfig is what `ledger serve` uses unless told otherwise.
+func DefaultConfig() Config {
+	return Config{
+		Stream:          "TOKENS",
+		SubjectPrefix:   "ledger.tokens",
+		Storage:         jetstream.FileStorage,
+		Replicas:        1,
+		DuplicateWindow: 10 * time.Minute,
+	}
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Stream == "" {
+		errs = append(errs, errors.New("stream name is required"))
+	}
+	if c.SubjectPrefix == "" {
+		errs = append(errs, errors.New("subject prefix is required"))
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("replicas must be 1-5, got %d", c.Replicas))
+	}
+	if c.DuplicateWindow <= 0 {
+		errs = append(errs, errors.New("duplicate window must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Store appends and loads token events.
+type Store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cfg    Config
+}
+
+// Recorded is an event as stored, with its stream sequence.
+type Recorded struct {
+	Sequence uint64
+	Event    domain.Event
+}
+
+// Open creates the stream, or brings an existing one to cfg. The stream denies
+// deleting messages and purging: it is the audit record.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("event store config: %w", err)
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Stream,
+		Description: "TokenLedger token events: the source of truth; never deleted or purged",
+		Subjects:    []string{cfg.SubjectPrefix + ".>"},
+		Storage:     cfg.Storage,
+		Replicas:    cfg.Replicas,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+		MaxAge:      0,
+		Duplicates:  cfg.DuplicateWindow,
+		DenyDelete:  true,
+		DenyPurge:   true,
+		AllowDirect: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", cfg.Stream, err)
+	}
+	return &Store{js: js, stream: stream, cfg: cfg}, nil
+}
+
+// Config returns the store's configuration.
+func (s *Store) Config() Config { return s.cfg }
+
+// Subject is where an event is stored.
+func (s *Store) Subject(e domain.Event) string {
+	return s.tokenSubject(e.OrganizationID, e.TokenID) + "." + string(e.Type)
+}
+
+func (s *Store) tokenSubject(org, tokenID string) string {
+	return s.cfg.SubjectPrefix + "." + org + "." + tokenID
+}
+
+// Appended is the outcome of an append.
+type Appended struct {
+	Sequence uint64
+	// Duplicate: JetStream had already stored an event with this event id (a
+	// retried command); Sequence is that earlier event's.
+	Duplicate bool
+}
+
+// Append stores e, provided the token's last stored event is at stream sequence
+// expectedLast (0 for a new token). The event id becomes Nats-Msg-Id, so a
+// retried command with the same id is stored once.
+func (s *Store) Append(ctx context.Context, e domain.Event, expectedLast uint64) (Appended, error) {
+	return s.publish(ctx, e, jetstream.WithExpectLastSequenceForSubject(expectedLast, s.tokenSubject(e.OrganizationID, e.TokenID)+".*"))
+}
+
+// AppendIfEmpty stores e only if the stream holds no event at all: the
+// bootstrap token is written once, even if several ledgers start together.
+func (s *Store) AppendIfEmpty(ctx context.Context, e domain.Event) (Appended, error) {
+	return s.publish(ctx, e, jetstream.WithExpectLastSequence(0))
+}
+
+func (s *Store) publish(ctx context.Context, e domain.Event, expect jetstream.PublishOpt) (Appended, error) {
+	body, err := json.Marshal(e)
+	if err != nil {
+		return Appended{}, fmt.Errorf("encode %s: %w", e.Type, err)
+	}
+	ack, err := s.js.Publish(ctx, s.Subject(e), body,
+		jetstream.WithMsgID(e.ID),
+		jetstream.WithExpectStream(s.cfg.Stream),
+		expect,
+	)
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, domain.ErrConflict)
+		}
+		return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, err)
+	}
+	return Appended{Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// isWrongLastSequence recognises JetStream's optimistic-concurrency failure.
+// Replicated streams report it with a code of their own.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// LastSequence is the stream sequence of the newest event (0: none).
+func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s info: %w", s.cfg.Stream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// Load returns one token's events, oldest first; none if there is no such token
+// in that organization.
+func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, error) {
+	if !domain.ValidID(org) || !domain.ValidTokenID(tokenID) {
+		return nil, nil
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.tokenSubject(org, tokenID) + ".*"},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load token %s: %w", tokenID, err)
+	}
+	info := cons.CachedInfo()
+	pending := info.NumPending
+	out := make([]Recorded, 0, pending)
+	for uint64(len(out)) < pending {
+		batch, err := cons.Fetch(int(pending)-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("load token %s: %w", tokenID, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			rec, err := decode(msg)
+			if err != nil {
+				return nil, fmt.Errorf("load token %s: %w", tokenID, err)
+			}
+			out = append(out, rec)
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("load token %s: %w", tokenID, err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("load token %s: stream returned no events, %d expected", tokenID, pending)
+		}
+	}
+	return out, nil
+}
+
+// Follow delivers every event from stream sequence from (1: the beginning) in
+// order, then keeps delivering new ones until ctx ends. handle runs on one
+// goroutine; an error from it stops Follow and is returned.
+func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) error) error {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if from > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = from
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, cfg)
+	if err != nil {
+		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+	}
+	stop := context.AfterFunc(ctx, iter.Stop)
+	defer stop()
+	defer iter.Stop()
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+		}
+		rec, err := decode(msg)
+		if err != nil {
+			return err
+		}
+		if err := handle(rec); err != nil {
+			return err
+		}
+	}
+}
+
+// Get reads the event at one stream sequence.
+func (s *Store) Get(ctx context.Context, seq uint64) (Recorded, error) {
+	raw, err := s.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return Recorded{}, fmt.Errorf("get event at sequence %d: %w", seq, err)
+	}
+	var e domain.Event
+	if err := json.Unmarshal(raw.Data, &e); err != nil {
+		return Recorded{}, fmt.Errorf("decode event at sequence %d: %w", seq, err)
+	}
+	return Recorded{Sequence: raw.Sequence, Event: e}, nil
+}
+
+func decode(msg jetstream.Msg) (Recorded, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return Recorded{}, fmt.Errorf("event metadata: %w", err)
+	}
+	var e domain.Event
+	if err := json.Unmarshal(msg.Data(), &e); err != nil {
+		return Recorded{}, fmt.Errorf("decode event at sequence %d on %s: %w", meta.Sequence.Stream, msg.Subject(), err)
+	}
+	return Recorded{Sequence: meta.Sequence.Stream, Event: e}, nil
+}
