@@ -41,17 +41,35 @@ var secretPrefixes = map[Scope]string{
 // length, alphabet or checksum). Callers answer it exactly like an unknown token.
 var ErrMalformedSecret = errors.New("malformed token: wrong prefix, length or checksum")
 
-// Secret is a token's plaintext. Its String and GoString forms are redacted so it
-// cannot leak through a log line, a %v or a panic; Reveal is the one way out, used
-// once, to answer the create or rotate call.
-type Secret struct{ value string }
+// Secret is a token's plaintext. Every fmt verb prints it redacted, so it cannot
+// leak through a log line, a %v or a panic; Reveal is the one way out, used once,
+// to answer the create or rotate call. The value sits behind a pointer so that
+// even a Secret inside another struct's unexported field, which fmt prints by
+// reflection without calling Format, shows only an address.
+type Secret struct{ value *string }
 
-func (s Secret) Reveal() string   { return s.value }
+func newSecret(v string) Secret { return Secret{value: &v} }
+
+// Reveal returns the plaintext.
+func (s Secret) Reveal() string {
+	if s.value == nil {
+		return ""
+	}
+	return *s.value
+}
+
 func (s Secret) String() string   { return "[REDACTED]" }
 func (s Secret) GoString() string { return "domain.Secret{[REDACTED]}" }
 
+// Format redacts the secret under every verb (%d, %x, %q ... included).
+func (s Secret) Format(f fmt.State, verb rune) { _, _ = io.WriteString(f, "[REDACTED]") }
+
+// MarshalJSON keeps a Secret out of JSON by accident; answers put Reveal() in
+// their own field on purpose.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"[REDACTED]"`), nil }
+
 // IsZero reports whether no secret was issued.
-func (s Secret) IsZero() bool { return s.value == "" }
+func (s Secret) IsZero() bool { return s.value == nil || *s.value == "" }
 
 // SecretHash is SHA-256 of a secret, the only form of it the ledger keeps.
 type SecretHash [sha256.Size]byte
@@ -61,11 +79,15 @@ func (h SecretHash) String() string { return hex.EncodeToString(h[:]) }
 func (h SecretHash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 
 func (h *SecretHash) UnmarshalText(b []byte) error {
-	if hex.DecodedLen(len(b)) != len(h) {
-		return fmt.Errorf("secret hash: want %d hex characters", 2*len(h))
+	var tmp SecretHash
+	if len(b) != 2*len(tmp) {
+		return fmt.Errorf("secret hash: want %d hex characters", 2*len(tmp))
 	}
-	_, err := hex.Decode(h[:], b)
-	return err
+	if _, err := hex.Decode(tmp[:], b); err != nil {
+		return fmt.Errorf("secret hash: %w", err)
+	}
+	*h = tmp
+	return nil
 }
 
 // Hash returns the stored form of a secret string.
@@ -94,7 +116,7 @@ func NewSecret(s Scope, r io.Reader) (Secret, error) {
 	buf = appendBase62(buf, new(big.Int).SetBytes(raw[:]), secretBodyLen)
 	sum := crc32.ChecksumIEEE(buf)
 	buf = appendBase62(buf, new(big.Int).SetUint64(uint64(sum)), secretSumLen)
-	return Secret{value: string(buf)}, nil
+	return newSecret(string(buf)), nil
 }
 
 // appendBase62 writes n as exactly width base62 digits, most significant first.

@@ -111,8 +111,9 @@ func (t *Token) Clone() *Token {
 	return &c
 }
 
-// CreateToken is the create command. Strings are taken as the caller typed them;
-// Create trims and checks them.
+// CreateToken is the create command. Strings are taken as the caller typed
+// them: Create trims the name, scope and role (not the description, whose
+// spacing may be deliberate) and checks everything; ids must already be clean.
 type CreateToken struct {
 	OrganizationID string
 	Scope          string
@@ -150,6 +151,8 @@ func Create(cmd CreateToken, env Env) (*Token, Event, Secret, error) {
 		if rule := checkRole("role", role, scope); rule != "" {
 			p.add("role", rule)
 		}
+	} else if role != "" && !role.Known() {
+		p.add("role", "unknown role "+quote(string(role)))
 	}
 	switch scope {
 	case ScopeOrganization:
@@ -334,6 +337,9 @@ func (t *Token) Unassign(workspaceID string, env Env) (Event, error) {
 	if err := t.checkLive(); err != nil {
 		return Event{}, err
 	}
+	if t.scope != ScopeOrganization {
+		return Event{}, Invalid("token_id", fmt.Sprintf("only organization tokens are assigned to workspaces; this is a %s token", t.scope))
+	}
 	if !ValidID(workspaceID) {
 		return Event{}, Invalid("workspace_id", idRule)
 	}
@@ -354,7 +360,7 @@ func (t *Token) Delete(env Env) (Event, error) {
 
 func (t *Token) checkLive() error {
 	if t.Deleted() {
-		return fmt.Errorf("token %s: %w", t.id, ErrDeleted)
+		return ErrDeleted
 	}
 	return nil
 }
