@@ -1,0 +1,388 @@
+// Package app runs the ledger's commands and queries: it authenticates and
+// authorizes the caller, takes the token's state from the projection, lets the
+// domain decide, appends the event, and waits until the view shows it. The HTTP
+// API, the CLI's server side and the benchmarks all drive the ledger through
+// this package.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+// ErrUnauthenticated is the one answer for a secret that is missing, malformed,
+// unknown, expired, rotated away or deleted: a caller learns nothing about which.
+var ErrUnauthenticated = errors.New("unauthenticated: missing, malformed, unknown, expired or revoked token")
+
+// ForbiddenError says which permission rule denied a request.
+type ForbiddenError struct{ Rule string }
+
+func (e *ForbiddenError) Error() string { return "forbidden: " + e.Rule }
+
+// Ledger runs commands and queries.
+type Ledger struct {
+	store *eventstore.Store
+	view  *projections.Tokens
+	now   func() time.Time
+	rand  io.Reader
+	// readWait bounds how long a command or query waits for the view to reach a
+	// sequence it was promised.
+	readWait time.Duration
+}
+
+// Option changes a Ledger's defaults.
+type Option func(*Ledger)
+
+// WithClock makes the ledger read time from now (tests pin it).
+func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
+
+// WithRand makes the ledger draw ids and secrets from r.
+func WithRand(r io.Reader) Option { return func(l *Ledger) { l.rand = r } }
+
+// New returns a ledger writing to store and reading from view. Feeding view
+// from store is the caller's job (see Run).
+func New(store *eventstore.Store, view *projections.Tokens, opts ...Option) *Ledger {
+	l := &Ledger{store: store, view: view, now: time.Now, rand: rand.Reader, readWait: 10 * time.Second}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// Now is the ledger's clock.
+func (l *Ledger) Now() time.Time { return l.now() }
+
+// Caller is an authenticated token and the request it acts through.
+type Caller struct {
+	Token     *domain.Token
+	RequestID string
+	SourceIP  string
+	UserAgent string
+}
+
+func (c Caller) org() string { return c.Token.OrganizationID() }
+
+// Authenticate resolves a bearer secret to its token, if it is active now.
+func (l *Ledger) Authenticate(secret string) (*domain.Token, error) {
+	v := l.view.Verify(secret, l.now())
+	if v.Outcome != projections.OutcomeActive {
+		return nil, ErrUnauthenticated
+	}
+	return v.Token.Clone(), nil
+}
+
+// authorize applies the permission rule of this release: an organization owner
+// may do everything in its own organization and nothing elsewhere.
+func authorize(c Caller) error {
+	if c.Token.Role() != domain.RoleOrganizationOwner {
+		return &ForbiddenError{Rule: fmt.Sprintf("role %s may not manage tokens; %s required", c.Token.Role(), domain.RoleOrganizationOwner)}
+	}
+	return nil
+}
+
+// Result is what a command did.
+type Result struct {
+	Token *domain.Token
+	// Secret is set by create and rotate, and only on their first attempt: a
+	// replayed retry cannot show a secret it did not store.
+	Secret domain.Secret
+	// Sequence is the stream sequence the command was written at (for a no-op,
+	// the token's last event); a read passing it sees the command's effect.
+	Sequence uint64
+	// Replayed: the command was a retry of one already stored under the same
+	// idempotency key, and nothing new was written.
+	Replayed bool
+}
+
+// Run feeds the view from the stream until ctx ends: first the history, then
+// live events. Events the view refuses are reported through onReject and
+// skipped.
+func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens, onReject func(error)) error {
+	return store.Follow(ctx, view.Sequence()+1, func(r eventstore.Recorded) error {
+		if err := view.Apply(r.Sequence, r.Event); err != nil && onReject != nil {
+			onReject(err)
+		}
+		return nil
+	})
+}
+
+// CatchUp waits until the view has applied everything the stream held when it
+// was called.
+func (l *Ledger) CatchUp(ctx context.Context) error {
+	last, err := l.store.LastSequence(ctx)
+	if err != nil {
+		return err
+	}
+	return l.view.WaitFor(ctx, last)
+}
+
+func (l *Ledger) env(c Caller, key string) domain.Env {
+	e := domain.Env{
+		Now:  l.now(),
+		Rand: l.rand,
+		Actor: domain.Actor{
+			TokenID:   c.Token.ID(),
+			RequestID: c.RequestID,
+			SourceIP:  c.SourceIP,
+			UserAgent: c.UserAgent,
+		},
+		IdempotencyKey: key,
+	}
+	if key != "" {
+		e.EventID = domain.IdempotentEventID(c.org(), key)
+	}
+	return e
+}
+
+// CreateToken creates a token in the caller's organization.
+func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateToken, idempotencyKey string) (Result, error) {
+	if err := authorize(c); err != nil {
+		return Result{}, err
+	}
+	if cmd.OrganizationID == "" {
+		cmd.OrganizationID = c.org()
+	} else if cmd.OrganizationID != c.org() {
+		return Result{}, &ForbiddenError{Rule: "organization_id: a token acts only in its own organization (" + c.org() + ")"}
+	}
+	if err := checkKey(idempotencyKey); err != nil {
+		return Result{}, err
+	}
+	_, e, secret, err := domain.Create(cmd, l.env(c, idempotencyKey))
+	if err != nil {
+		return Result{}, err
+	}
+	return l.append(ctx, c, e, 0, secret)
+}
+
+// UpdateToken changes a token's name, description or role.
+func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domain.UpdateToken, idempotencyKey string) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+		e, changed, err := t.Update(cmd, env)
+		return e, domain.Secret{}, changed, err
+	})
+}
+
+// RotateToken gives a token a new secret; the old one stops working at once.
+func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+		e, s, err := t.Rotate(env)
+		return e, s, err == nil, err
+	})
+}
+
+// AssignToken gives an organization token a role in a workspace.
+func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, role, idempotencyKey string) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+		e, changed, err := t.Assign(workspaceID, role, env)
+		return e, domain.Secret{}, changed, err
+	})
+}
+
+// UnassignToken removes an organization token's role in a workspace.
+func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, idempotencyKey string) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+		e, err := t.Unassign(workspaceID, env)
+		return e, domain.Secret{}, err == nil, err
+	})
+}
+
+// DeleteToken deletes a token for good.
+func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+		e, err := t.Delete(env)
+		return e, domain.Secret{}, err == nil, err
+	})
+}
+
+type decision func(t *domain.Token, env domain.Env) (e domain.Event, s domain.Secret, changed bool, err error)
+
+// execute runs a command on an existing token of the caller's organization.
+func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, decide decision) (Result, error) {
+	if err := authorize(c); err != nil {
+		return Result{}, err
+	}
+	if err := checkKey(key); err != nil {
+		return Result{}, err
+	}
+	tok, last, err := l.get(c, id)
+	if err != nil {
+		return Result{}, err
+	}
+	e, secret, changed, err := decide(tok, l.env(c, key))
+	if err != nil {
+		return Result{}, fmt.Errorf("token %s: %w", id, err)
+	}
+	if !changed {
+		current, _, _ := l.view.Get(c.org(), id)
+		return Result{Token: current, Sequence: last}, nil
+	}
+	return l.append(ctx, c, e, last, secret)
+}
+
+// append stores e and answers once the view shows it. A retry under an
+// idempotency key is recognised either by JetStream's duplicate window or, when
+// the first attempt already moved the token on, by the view's record of keyed
+// events; either way it is answered with the first attempt's result, without
+// a secret.
+func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, last uint64, secret domain.Secret) (Result, error) {
+	if e.IdempotencyKey != "" {
+		if a, ok := l.view.Keyed(e.ID); ok {
+			return l.replay(ctx, c, e, a)
+		}
+	}
+	ap, err := l.store.Append(ctx, e, last)
+	if errors.Is(err, domain.ErrConflict) && e.IdempotencyKey != "" {
+		if cerr := l.CatchUp(ctx); cerr == nil {
+			if a, ok := l.view.Keyed(e.ID); ok {
+				return l.replay(ctx, c, e, a)
+			}
+		}
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if ap.Duplicate {
+		if err := l.waitFor(ctx, ap.Sequence); err != nil {
+			return Result{}, err
+		}
+		a, ok := l.view.Keyed(e.ID)
+		if !ok {
+			return Result{}, fmt.Errorf("idempotency key %q: stored at sequence %d but not found in the view", e.IdempotencyKey, ap.Sequence)
+		}
+		return l.replay(ctx, c, e, a)
+	}
+	if err := l.waitFor(ctx, ap.Sequence); err != nil {
+		return Result{}, err
+	}
+	tok, _, _ := l.view.Get(c.org(), e.TokenID)
+	return Result{Token: tok, Secret: secret, Sequence: ap.Sequence}, nil
+}
+
+func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a projections.Applied) (Result, error) {
+	sameTarget := a.TokenID == e.TokenID || e.Type == domain.TokenCreated
+	if a.Type != e.Type || !sameTarget {
+		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for another command (%s on %s)", a.Type, a.TokenID))
+	}
+	if err := l.waitFor(ctx, a.Sequence); err != nil {
+		return Result{}, err
+	}
+	tok, _, _ := l.view.Get(c.org(), a.TokenID)
+	return Result{Token: tok, Sequence: a.Sequence, Replayed: true}, nil
+}
+
+func (l *Ledger) waitFor(ctx context.Context, seq uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, l.readWait)
+	defer cancel()
+	return l.view.WaitFor(ctx, seq)
+}
+
+// MaxIdempotencyKeyLen bounds the idempotency key a caller may send.
+const MaxIdempotencyKeyLen = 200
+
+func checkKey(key string) error {
+	if len(key) > MaxIdempotencyKeyLen {
+		return domain.Invalid("idempotency_key", fmt.Sprintf("at most %d bytes", MaxIdempotencyKeyLen))
+	}
+	for _, r := range key {
+		if r < 0x21 || r > 0x7e {
+			return domain.Invalid("idempotency_key", "printable ASCII without spaces only")
+		}
+	}
+	return nil
+}
+
+func (l *Ledger) get(c Caller, id string) (*domain.Token, uint64, error) {
+	tok, last, ok := l.view.Get(c.org(), id)
+	if !ok {
+		return nil, 0, fmt.Errorf("token_id: no token %q in organization %s: %w", clip(id), c.org(), domain.ErrNotFound)
+	}
+	return tok, last, nil
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// GetToken returns one token of the caller's organization. minSeq, when set,
+// makes the read wait until the view has reached it.
+func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint64) (*domain.Token, error) {
+	if err := authorize(c); err != nil {
+		return nil, err
+	}
+	if err := l.waitFor(ctx, minSeq); err != nil {
+		return nil, err
+	}
+	tok, _, err := l.get(c, id)
+	return tok, err
+}
+
+// ListTokens returns the caller's organization's tokens, oldest first.
+func (l *Ledger) ListTokens(ctx context.Context, c Caller, minSeq uint64) ([]*domain.Token, error) {
+	if err := authorize(c); err != nil {
+		return nil, err
+	}
+	if err := l.waitFor(ctx, minSeq); err != nil {
+		return nil, err
+	}
+	return l.view.List(c.org()), nil
+}
+
+// Verify says whether a secret is active now and, if it belongs to the
+// caller's organization, which token it is. A secret of another organization
+// is answered as unknown.
+func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projections.Verdict, error) {
+	if err := authorize(c); err != nil {
+		return projections.Verdict{}, err
+	}
+	v := l.view.Verify(secret, l.now())
+	if v.Token != nil {
+		if v.Token.OrganizationID() != c.org() {
+			return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
+		}
+		v.Token = v.Token.Clone()
+	}
+	return v, nil
+}
+
+// Bootstrap creates the first ORGANIZATION_OWNER token, named "bootstrap", if
+// the stream is empty. It returns the secret only when it created the token;
+// when several ledgers start on one empty stream, exactly one does.
+func (l *Ledger) Bootstrap(ctx context.Context, org string) (*domain.Token, domain.Secret, error) {
+	last, err := l.store.LastSequence(ctx)
+	if err != nil || last > 0 {
+		return nil, domain.Secret{}, err
+	}
+	_, e, secret, err := domain.Create(domain.CreateToken{
+		OrganizationID: org,
+		Scope:          string(domain.ScopeOrganization),
+		Name:           "bootstrap",
+		Description:    "created by the ledger's first start; rotate or delete it once you have your own owner token",
+		Role:           string(domain.RoleOrganizationOwner),
+	}, domain.Env{Now: l.now(), Rand: l.rand, Actor: domain.Actor{TokenID: domain.SystemActor}})
+	if err != nil {
+		return nil, domain.Secret{}, fmt.Errorf("bootstrap token: %w", err)
+	}
+	ap, err := l.store.AppendIfEmpty(ctx, e)
+	if err != nil {
+		if errors.Is(err, domain.ErrConflict) {
+			return nil, domain.Secret{}, nil // another ledger bootstrapped first
+		}
+		return nil, domain.Secret{}, fmt.Errorf("bootstrap token: %w", err)
+	}
+	if err := l.waitFor(ctx, ap.Sequence); err != nil {
+		return nil, domain.Secret{}, err
+	}
+	tok, _, _ := l.view.Get(org, e.TokenID)
+	return tok, secret, nil
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+type serveOptions struct {
+	dataDir    string
+	httpAddr   string
+	natsListen string
+	natsURL    string
+	org        string
+	stream     string
+	replicas   int
+	memory     bool
+}
+
+func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the ledger: embedded NATS JetStream (or --nats-url), the HTTP API and the token views",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("nats-listen") && o.natsURL != "" {
+				return usageError{errors.New("--nats-listen and --nats-url exclude each other: the first runs an embedded server, the second uses yours")}
+			}
+			log := slog.New(slog.NewTextHandler(stderr, nil))
+			n, err := startLedger(cmd.Context(), o, log)
+			if err != nil {
+				return &exitError{code: exitFailed, msg: "error: " + err.Error()}
+			}
+			fmt.Fprintf(stdout, "ledger serving on http://%s (organization %s, data in %s)\n", n.httpAddr, o.org, o.dataDir)
+			if n.natsClientURL != "" {
+				fmt.Fprintf(stdout, "NATS for services on %s\n", n.natsClientURL)
+			}
+			if n.bootstrapPath != "" {
+				fmt.Fprintf(stdout, "bootstrap ORGANIZATION_OWNER token written to %s (mode 0600)\n", n.bootstrapPath)
+			}
+			<-cmd.Context().Done()
+			log.Info("shutting down")
+			return n.close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data", "./ledger-data", "directory for the embedded JetStream store and the bootstrap token")
+	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "address of the HTTP API")
+	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222", "address where the embedded NATS server listens for services")
+	f.StringVar(&o.natsURL, "nats-url", "", "use this NATS server or cluster instead of an embedded one")
+	f.StringVar(&o.org, "org", "default", "organization of the bootstrap token made on the first start")
+	f.StringVar(&o.stream, "stream", "TOKENS", "JetStream stream name")
+	f.IntVar(&o.replicas, "replicas", 1, "stream replicas (3 on a cluster)")
+	f.BoolVar(&o.memory, "memory-storage", false, "keep the stream in memory (tests and benchmarks only: nothing survives a restart)")
+	return cmd
+}
+
+// node is a running ledger.
+type node struct {
+	httpAddr      string
+	natsClientURL string
+	bootstrapPath string
+	close         func() error
+}
+
+// startLedger brings a ledger up and returns once its views have caught up
+// with the stream and the API is listening.
+func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, error) {
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
+	}
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	n := &node{}
+	var nc *nats.Conn
+	var err error
+	if o.natsURL == "" {
+		var ns *server.Server
+		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
+			StoreDir:   filepath.Join(o.dataDir, "jetstream"),
+			Listen:     o.natsListen,
+			ServerName: "ledger",
+		})
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
+		n.natsClientURL = ns.ClientURL()
+		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"))
+	} else {
+		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1))
+	}
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	closers = append(closers, nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	cfg := eventstore.DefaultConfig()
+	cfg.Stream, cfg.Replicas = o.stream, o.replicas
+	if o.memory {
+		cfg.Storage = jetstream.MemoryStorage
+	}
+	openCtx, cancelOpen := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelOpen()
+	store, err := eventstore.Open(openCtx, js, cfg)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+
+	view := projections.NewTokens()
+	ledger := app.New(store, view)
+	followCtx, stopFollow := context.WithCancel(context.Background())
+	followDone := make(chan error, 1)
+	go func() {
+		followDone <- app.Run(followCtx, store, view, func(err error) {
+			log.Error("event refused by the token view", "error", err)
+		})
+	}()
+	closers = append(closers, func() { stopFollow(); <-followDone })
+	if err := ledger.CatchUp(openCtx); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("catch up with stream %s: %w", cfg.Stream, err)
+	}
+	log.Info("token view ready", "stream", cfg.Stream, "sequence", view.Sequence())
+
+	if tok, secret, err := ledger.Bootstrap(openCtx, o.org); err != nil {
+		closeAll()
+		return nil, err
+	} else if tok != nil {
+		n.bootstrapPath = filepath.Join(o.dataDir, "bootstrap-token")
+		if err := writeSecretFile(n.bootstrapPath, secret.Reveal()); err != nil {
+			closeAll()
+			return nil, err
+		}
+		log.Info("bootstrap token created", "token_id", tok.ID(), "organization", o.org, "file", n.bootstrapPath)
+	}
+
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("--http %s: %w", o.httpAddr, err)
+	}
+	n.httpAddr = ln.Addr().String()
+	ready := func() error {
+		if !nc.IsConnected() {
+			return errors.New("nats: not connected")
+		}
+		return nil
+	}
+	srv := &http.Server{
+		Handler:           httpapi.NewServer(ledger, log, ready),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "error", err)
+		}
+	}()
+	closers = append(closers, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	log.Info("ledger serving", "http", n.httpAddr, "nats", n.natsClientURL)
+	n.close = func() error { closeAll(); return nil }
+	return n, nil
+}
+
+// writeSecretFile writes a secret readable by its owner only. The file is
+// created with mode 0600 before any byte is written.
+func writeSecretFile(path, secret string) error {
+	_ = os.Remove(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.WriteString(secret + "\n"); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

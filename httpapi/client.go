@@ -1,0 +1,148 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls the ledger's API with one bearer token. Errors the server
+// answered with are *Problem.
+type Client struct {
+	BaseURL string
+	Token   string
+	HTTP    *http.Client
+	// UserAgent identifies the caller in the ledger's events.
+	UserAgent string
+}
+
+// NewClient returns a client for baseURL (e.g. http://127.0.0.1:8080).
+func NewClient(baseURL, token string) *Client {
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}, UserAgent: "ledger-cli"}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any, header http.Header, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
+	if err != nil {
+		return err
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	req.Header.Set("User-Agent", c.UserAgent)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("ledger at %s: %w", c.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("ledger at %s: read answer: %w", c.BaseURL, err)
+	}
+	if resp.StatusCode >= 400 {
+		p := &Problem{}
+		if json.Unmarshal(data, p) != nil || p.Status == 0 {
+			p = &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
+		}
+		return p
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("ledger at %s: decode answer: %w", c.BaseURL, err)
+	}
+	return nil
+}
+
+func keyHeader(key string) http.Header {
+	if key == "" {
+		return nil
+	}
+	return http.Header{"Idempotency-Key": {key}}
+}
+
+func tokenPath(id string) string { return "/v1/tokens/" + url.PathEscape(id) }
+
+// CreateToken creates a token; the answer's Secret is shown once.
+func (c *Client) CreateToken(ctx context.Context, req CreateRequest, idempotencyKey string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPost, "/v1/tokens", req, keyHeader(idempotencyKey), &t)
+	return t, err
+}
+
+// ListTokens lists the caller's organization's tokens.
+func (c *Client) ListTokens(ctx context.Context) (TokenList, error) {
+	var l TokenList
+	err := c.do(ctx, http.MethodGet, "/v1/tokens", nil, nil, &l)
+	return l, err
+}
+
+// GetToken reads one token.
+func (c *Client) GetToken(ctx context.Context, id string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodGet, tokenPath(id), nil, nil, &t)
+	return t, err
+}
+
+// UpdateToken changes name, description or role.
+func (c *Client) UpdateToken(ctx context.Context, id string, req UpdateRequest) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPatch, tokenPath(id), req, nil, &t)
+	return t, err
+}
+
+// RotateToken issues a new secret, shown once.
+func (c *Client) RotateToken(ctx context.Context, id string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPost, tokenPath(id)+"/rotate", nil, nil, &t)
+	return t, err
+}
+
+// AssignToken gives an organization token a role in a workspace.
+func (c *Client) AssignToken(ctx context.Context, id, workspaceID, role string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPut, tokenPath(id)+"/workspaces/"+url.PathEscape(workspaceID), AssignRequest{Role: role}, nil, &t)
+	return t, err
+}
+
+// UnassignToken removes an organization token from a workspace.
+func (c *Client) UnassignToken(ctx context.Context, id, workspaceID string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodDelete, tokenPath(id)+"/workspaces/"+url.PathEscape(workspaceID), nil, nil, &t)
+	return t, err
+}
+
+// DeleteToken deletes a token.
+func (c *Client) DeleteToken(ctx context.Context, id string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodDelete, tokenPath(id), nil, nil, &t)
+	return t, err
+}
+
+// Verify checks a secret.
+func (c *Client) Verify(ctx context.Context, secret string) (Verification, error) {
+	var v Verification
+	err := c.do(ctx, http.MethodPost, "/v1/verify", VerifyRequest{Token: secret}, nil, &v)
+	return v, err
+}

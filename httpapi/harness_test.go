@@ -1,0 +1,150 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+// harness is a whole ledger on a real embedded nats-server, served by
+// httptest, with an ORGANIZATION_OWNER token for org "acme".
+type harness struct {
+	t      *testing.T
+	store  *eventstore.Store
+	view   *projections.Tokens
+	ledger *app.Ledger
+	dir    string // JetStream's store directory
+	srv    *httptest.Server
+	owner  string // secret of acme's bootstrap owner
+	logs   *bytes.Buffer
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	store, _, ns := eventstoretest.MustStore(t)
+	view := projections.NewTokens()
+	ledger := app.New(store, view)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = app.Run(ctx, store, view, nil) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	tok, secret, err := ledger.Bootstrap(context.Background(), "acme")
+	if err != nil || tok == nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	logs := &bytes.Buffer{}
+	srv := httptest.NewServer(httpapi.NewServer(ledger, slog.New(slog.NewTextHandler(logs, nil)), nil))
+	t.Cleanup(srv.Close)
+	return &harness{t: t, store: store, view: view, ledger: ledger, srv: srv, owner: secret.Reveal(), logs: logs, dir: ns.JetStreamConfig().StoreDir}
+}
+
+func (h *harness) storeDir() string { return h.dir }
+
+// readAll concatenates every file under dir.
+func (h *harness) readAll(dir string) []byte {
+	var all []byte
+	_ = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			b, _ := os.ReadFile(p)
+			all = append(all, b...)
+		}
+		return nil
+	})
+	return all
+}
+
+// ownerOf writes an ORGANIZATION_OWNER token for another organization straight
+// to the stream (the API cannot: no token acts outside its organization) and
+// returns its secret.
+func (h *harness) ownerOf(org string) string {
+	h.t.Helper()
+	_, e, secret, err := domain.Create(domain.CreateToken{OrganizationID: org, Scope: "organization", Name: "owner", Role: "ORGANIZATION_OWNER"},
+		domain.Env{Now: time.Now(), Rand: rand.Reader, Actor: domain.Actor{TokenID: domain.SystemActor}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ap, err := h.store.Append(context.Background(), e, 0)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.view.WaitFor(ctxT(h.t), ap.Sequence); err != nil {
+		h.t.Fatal(err)
+	}
+	return secret.Reveal()
+}
+
+func (h *harness) client(secret string) *httpapi.Client {
+	return httpapi.NewClient(h.srv.URL, secret)
+}
+
+func (h *harness) lastSeq() uint64 {
+	h.t.Helper()
+	seq, err := h.store.LastSequence(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return seq
+}
+
+// raw sends a request as-is and returns status, headers and body.
+func (h *harness) raw(method, path, secret string, body io.Reader, hdr map[string]string) (int, http.Header, []byte) {
+	h.t.Helper()
+	req, err := http.NewRequest(method, h.srv.URL+path, body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if secret != "" {
+		req.Header.Set("Authorization", "Bearer "+secret)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+func (h *harness) create(req httpapi.CreateRequest) httpapi.Token {
+	h.t.Helper()
+	tok, err := h.client(h.owner).CreateToken(ctxT(h.t), req, "")
+	if err != nil {
+		h.t.Fatalf("create %+v: %v", req, err)
+	}
+	return tok
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func decodeProblem(t *testing.T, b []byte) httpapi.Problem {
+	t.Helper()
+	var p httpapi.Problem
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatalf("answer is not a problem document: %v: %s", err, b)
+	}
+	return p
+}

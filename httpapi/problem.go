@@ -1,0 +1,86 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+)
+
+// Problem is an error answer, RFC 9457 application/problem+json. Errors lists
+// each field and the rule it broke.
+type Problem struct {
+	Type      string              `json:"type"`
+	Title     string              `json:"title"`
+	Status    int                 `json:"status"`
+	Detail    string              `json:"detail"`
+	Errors    []domain.FieldError `json:"errors,omitempty"`
+	RequestID string              `json:"request_id,omitempty"`
+}
+
+func (p *Problem) Error() string {
+	if p.Detail != "" {
+		return p.Detail
+	}
+	return fmt.Sprintf("%d %s", p.Status, p.Title)
+}
+
+const problemBase = "urn:tokenledger:problem:"
+
+// unauthenticated is the same answer, byte for byte, whatever was wrong with
+// the token, so it tells a guesser nothing.
+var unauthenticated = &Problem{
+	Type:   problemBase + "unauthenticated",
+	Title:  "Unauthorized",
+	Status: http.StatusUnauthorized,
+	Detail: app.ErrUnauthenticated.Error(),
+}
+
+// problemFor maps an error to its answer; this is the one place that does.
+func problemFor(err error) *Problem {
+	var (
+		verr *domain.ValidationError
+		serr *domain.StateError
+		ferr *app.ForbiddenError
+		maxb *http.MaxBytesError
+		prob *Problem
+	)
+	switch {
+	case errors.As(err, &prob):
+		return prob
+	case errors.As(err, &verr):
+		return &Problem{Type: problemBase + "validation", Title: "Invalid input", Status: http.StatusBadRequest, Detail: verr.Error(), Errors: verr.Problems}
+	case errors.Is(err, app.ErrUnauthenticated):
+		return unauthenticated
+	case errors.As(err, &ferr):
+		return &Problem{Type: problemBase + "forbidden", Title: "Forbidden", Status: http.StatusForbidden, Detail: ferr.Error()}
+	case errors.Is(err, domain.ErrNotFound):
+		return &Problem{Type: problemBase + "not-found", Title: "Not found", Status: http.StatusNotFound, Detail: strings.TrimSuffix(err.Error(), ": "+domain.ErrNotFound.Error())}
+	case errors.Is(err, domain.ErrDeleted):
+		return &Problem{Type: problemBase + "deleted", Title: "Token deleted", Status: http.StatusConflict, Detail: err.Error() + "; it accepts no further command"}
+	case errors.As(err, &serr):
+		return &Problem{Type: problemBase + "state", Title: "Not allowed in the token's state", Status: http.StatusConflict, Detail: serr.Error(), Errors: []domain.FieldError{{Field: serr.Field, Rule: serr.Rule}}}
+	case errors.Is(err, domain.ErrConflict):
+		return &Problem{Type: problemBase + "conflict", Title: "Conflict", Status: http.StatusConflict, Detail: "another command changed this token first; read it again and retry"}
+	case errors.As(err, &maxb):
+		return &Problem{Type: problemBase + "too-large", Title: "Request body too large", Status: http.StatusRequestEntityTooLarge, Detail: fmt.Sprintf("body: at most %d bytes (1 MiB)", maxb.Limit), Errors: []domain.FieldError{{Field: "body", Rule: "at most 1 MiB"}}}
+	}
+	return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable, Detail: "the event store did not answer; try again shortly"}
+}
+
+func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
+	out := *p
+	if p != unauthenticated {
+		out.RequestID = requestID(r.Context())
+	} else {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tokenledger"`)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(out.Status)
+	_ = json.NewEncoder(w).Encode(out)
+}

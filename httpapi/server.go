@@ -1,0 +1,412 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+//go:embed openapi.yaml
+var openAPI []byte
+
+// OpenAPI returns the API's OpenAPI 3 document.
+func OpenAPI() []byte { return openAPI }
+
+// Server answers the HTTP API.
+type Server struct {
+	ledger *app.Ledger
+	log    *slog.Logger
+	mux    *http.ServeMux
+	// ready reports whether the ledger can serve (the view has caught up).
+	ready func() error
+}
+
+// NewServer routes the API to ledger. ready may be nil.
+func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server {
+	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), ready: ready}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
+	s.mux.Handle("POST /v1/tokens", s.authed(s.createToken))
+	s.mux.Handle("GET /v1/tokens", s.authed(s.listTokens))
+	s.mux.Handle("GET /v1/tokens/{id}", s.authed(s.getToken))
+	s.mux.Handle("PATCH /v1/tokens/{id}", s.authed(s.updateToken))
+	s.mux.Handle("DELETE /v1/tokens/{id}", s.authed(s.deleteToken))
+	s.mux.Handle("POST /v1/tokens/{id}/rotate", s.authed(s.rotateToken))
+	s.mux.Handle("PUT /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.assignToken))
+	s.mux.Handle("DELETE /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.unassignToken))
+	s.mux.Handle("POST /v1/verify", s.authed(s.verify))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, &Problem{Type: problemBase + "no-route", Title: "Not found", Status: http.StatusNotFound, Detail: "path: no API route " + r.Method + " " + clipPath(r.URL.Path)})
+	})
+	return s
+}
+
+// ServeHTTP gives every request an id, a body limit, a log line and a recovery
+// that never echoes the request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := r.Header.Get("X-Request-Id")
+	if !validRequestID(id) {
+		id = newRequestID()
+	}
+	r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+	w.Header().Set("X-Request-Id", id)
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	defer func() {
+		if p := recover(); p != nil {
+			// The panic value may hold request data: log its type only.
+			s.log.Error("panic serving request", "request_id", id, "panic_type", fmt.Sprintf("%T", p))
+			writeProblem(rec, r, &Problem{Type: problemBase + "internal", Title: "Internal error", Status: http.StatusInternalServerError, Detail: "internal error; quote the request id when reporting it"})
+		}
+		s.log.Info("http request", "request_id", id, "method", r.Method, "path", clipPath(r.URL.Path),
+			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+	}()
+	s.mux.ServeHTTP(rec, r)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+type requestIDKey struct{}
+
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c == '-' || c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// clipPath makes a request path safe to log or echo: bounded, valid UTF-8, and
+// with anything shaped like a secret (a caller may paste one into a URL by
+// mistake) redacted.
+func clipPath(p string) string {
+	if len(p) > 200 {
+		p = p[:200] + "..."
+	}
+	return secretLike.ReplaceAllString(strings.ToValidUTF8(p, "?"), "[REDACTED]")
+}
+
+var secretLike = regexp.MustCompile(`tl[owd]_[0-9A-Za-z]{20,}`)
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if s.ready != nil {
+		if err := s.ready(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "detail": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/yaml")
+	_, _ = w.Write(openAPI)
+}
+
+type authedHandler func(w http.ResponseWriter, r *http.Request, c app.Caller) error
+
+// authed resolves the bearer token before the handler runs; every failure gets
+// the same 401.
+func (s *Server) authed(h authedHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			writeProblem(w, r, unauthenticated)
+			return
+		}
+		tok, err := s.ledger.Authenticate(strings.TrimSpace(secret))
+		if err != nil {
+			writeProblem(w, r, unauthenticated)
+			return
+		}
+		c := app.Caller{Token: tok, RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())}
+		if err := h(w, r, c); err != nil {
+			p := problemFor(err)
+			if p.Status >= 500 {
+				s.log.Error("request failed", "request_id", c.RequestID, "error", err)
+			}
+			writeProblem(w, r, p)
+		}
+	})
+}
+
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func clipHeader(v string) string {
+	v = strings.ToValidUTF8(v, "?")
+	if utf8.RuneCountInString(v) > 256 {
+		v = string([]rune(v)[:256])
+	}
+	return v
+}
+
+// decode reads a JSON body into v: one object, no unknown fields, no trailing
+// data. Its errors name the field and the rule.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &Problem{Type: problemBase + "media-type", Title: "Unsupported media type", Status: http.StatusUnsupportedMediaType,
+			Detail: "Content-Type: must be application/json", Errors: []domain.FieldError{{Field: "Content-Type", Rule: "must be application/json"}}}
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var maxb *http.MaxBytesError
+		if errors.As(err, &maxb) {
+			return err
+		}
+		return badBody("could not be read")
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return badBody("required: a JSON object")
+	}
+	if !utf8.Valid(body) {
+		return badBody("must be valid UTF-8")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var (
+			syn *json.SyntaxError
+			typ *json.UnmarshalTypeError
+		)
+		switch {
+		case errors.As(err, &syn):
+			return badBody(fmt.Sprintf("malformed JSON at byte %d", syn.Offset))
+		case errors.As(err, &typ):
+			field := typ.Field
+			if field == "" {
+				return badBody("must be a JSON object")
+			}
+			return domain.Invalid(field, "must be a JSON "+jsonKind(typ.Type.Kind().String()))
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return domain.Invalid(clipField(name), "unknown field")
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return badBody("malformed JSON: ends too early")
+		}
+		return badBody("malformed JSON")
+	}
+	if dec.More() {
+		return badBody("one JSON object only; trailing data found")
+	}
+	return nil
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "string"
+	case "int", "int64", "uint64":
+		return "whole number"
+	case "ptr":
+		return "value of the documented type"
+	}
+	return goKind
+}
+
+func clipField(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+func badBody(rule string) error { return domain.Invalid("body", rule) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func idempotencyKey(r *http.Request) string { return r.Header.Get("Idempotency-Key") }
+
+// minSequence reads ?min_sequence=N: the read waits until the view has it.
+func minSequence(r *http.Request) (uint64, error) {
+	v := r.URL.Query().Get("min_sequence")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, domain.Invalid("min_sequence", "must be a whole number")
+	}
+	return n, nil
+}
+
+func (s *Server) commandAnswer(w http.ResponseWriter, res app.Result, created bool) error {
+	out := tokenJSON(res.Token, s.ledger.Now())
+	out.Sequence = res.Sequence
+	out.IdempotentReplay = res.Replayed
+	if !res.Secret.IsZero() {
+		out.Secret = res.Secret.Reveal()
+	}
+	status := http.StatusOK
+	if created && !res.Replayed {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, out)
+	return nil
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	var req CreateRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	res, err := s.ledger.CreateToken(r.Context(), c, domain.CreateToken{
+		OrganizationID: req.OrganizationID,
+		Scope:          req.Scope,
+		WorkspaceID:    req.WorkspaceID,
+		DeploymentID:   req.DeploymentID,
+		Name:           req.Name,
+		Description:    req.Description,
+		Role:           req.Role,
+		ExpirationDays: req.ExpirationDays,
+	}, idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, true)
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	min, err := minSequence(r)
+	if err != nil {
+		return err
+	}
+	toks, err := s.ledger.ListTokens(r.Context(), c, min)
+	if err != nil {
+		return err
+	}
+	now := s.ledger.Now()
+	out := TokenList{Tokens: make([]Token, len(toks))}
+	for i, t := range toks {
+		out.Tokens[i] = tokenJSON(t, now)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	min, err := minSequence(r)
+	if err != nil {
+		return err
+	}
+	tok, err := s.ledger.GetToken(r.Context(), c, r.PathValue("id"), min)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, tokenJSON(tok, s.ledger.Now()))
+	return nil
+}
+
+func (s *Server) updateToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	var req UpdateRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	res, err := s.ledger.UpdateToken(r.Context(), c, r.PathValue("id"), domain.UpdateToken{Name: req.Name, Description: req.Description, Role: req.Role}, idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, false)
+}
+
+func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	res, err := s.ledger.RotateToken(r.Context(), c, r.PathValue("id"), idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, false)
+}
+
+func (s *Server) assignToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	var req AssignRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	res, err := s.ledger.AssignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), req.Role, idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, false)
+}
+
+func (s *Server) unassignToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	res, err := s.ledger.UnassignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, false)
+}
+
+func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	res, err := s.ledger.DeleteToken(r.Context(), c, r.PathValue("id"), idempotencyKey(r))
+	if err != nil {
+		return err
+	}
+	return s.commandAnswer(w, res, false)
+}
+
+func (s *Server) verify(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	var req VerifyRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	v, err := s.ledger.Verify(r.Context(), c, strings.TrimSpace(req.Token))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, verificationJSON(v))
+	return nil
+}

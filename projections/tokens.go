@@ -1,0 +1,260 @@
+// Package projections builds the read views of the ledger from the event
+// stream. Events reach a view only through Apply, whether they are replayed at
+// start-up or arrive live, so the two can never disagree.
+package projections
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tokenledger/tokenledger/domain"
+)
+
+// Tokens is the current state of every token, indexed for the questions the API
+// asks: by id, by organization, and by secret hash for verification.
+type Tokens struct {
+	mu      sync.RWMutex
+	byKey   map[tokenKey]*entry
+	byHash  map[domain.SecretHash]*entry
+	retired map[domain.SecretHash]retiredSecret
+	// keyed remembers events written under an idempotency key, by event id, so a
+	// retried command is answered with what the first attempt did.
+	keyed map[string]Applied
+	seq   uint64
+	// notify is closed and replaced after an event is applied, waking WaitFor
+	// callers; it is only replaced when someone waits, to keep replay cheap.
+	notify  chan struct{}
+	waiting bool
+	// rejected counts stream messages that could not be applied (see Apply).
+	rejected int
+}
+
+type tokenKey struct{ org, id string }
+
+type entry struct {
+	token   *domain.Token
+	lastSeq uint64
+}
+
+type retiredSecret struct {
+	key    tokenKey
+	reason Outcome
+}
+
+// Applied is where an event landed.
+type Applied struct {
+	Sequence uint64
+	TokenID  string
+	Type     domain.EventType
+}
+
+// NewTokens returns an empty view.
+func NewTokens() *Tokens {
+	return &Tokens{
+		byKey:   make(map[tokenKey]*entry),
+		byHash:  make(map[domain.SecretHash]*entry),
+		retired: make(map[domain.SecretHash]retiredSecret),
+		keyed:   make(map[string]Applied),
+		notify:  make(chan struct{}),
+	}
+}
+
+// Apply folds the event stored at stream sequence seq into the view. An event
+// that does not continue its token's history (which the ledger's own appends
+// cannot produce) is refused with an error and leaves the view unchanged, but
+// the view still counts the sequence as seen so readers never wait on it.
+func (v *Tokens) Apply(seq uint64, e domain.Event) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	defer v.advance(seq)
+	if seq <= v.seq {
+		return nil // already applied (a replayed tail after a snapshot, say)
+	}
+	key := tokenKey{e.OrganizationID, e.TokenID}
+	ent := v.byKey[key]
+	if ent == nil {
+		tok, err := domain.NewFromCreated(e)
+		if err != nil {
+			v.rejected++
+			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
+		}
+		ent = &entry{token: tok}
+		v.byKey[key] = ent
+	} else {
+		// Apply on a copy: readers hold no lock while they use what Get returned,
+		// and a refused event must leave the token as it was.
+		next := ent.token.Clone()
+		if err := next.Apply(e); err != nil {
+			v.rejected++
+			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
+		}
+		prevHash := ent.token.SecretHash()
+		if next.SecretHash() != prevHash {
+			delete(v.byHash, prevHash)
+			v.retired[prevHash] = retiredSecret{key: key, reason: OutcomeRotated}
+		}
+		if next.Deleted() {
+			delete(v.byHash, next.SecretHash())
+			v.retired[next.SecretHash()] = retiredSecret{key: key, reason: OutcomeDeleted}
+		}
+		ent.token = next
+	}
+	if !ent.token.Deleted() {
+		v.byHash[ent.token.SecretHash()] = ent
+	}
+	ent.lastSeq = seq
+	if e.IdempotencyKey != "" {
+		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type}
+	}
+	return nil
+}
+
+func (v *Tokens) advance(seq uint64) {
+	if seq <= v.seq {
+		return
+	}
+	v.seq = seq
+	if v.waiting {
+		close(v.notify)
+		v.notify = make(chan struct{})
+		v.waiting = false
+	}
+}
+
+// Sequence is the last stream sequence the view has applied.
+func (v *Tokens) Sequence() uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.seq
+}
+
+// Rejected is the number of stream messages Apply refused.
+func (v *Tokens) Rejected() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.rejected
+}
+
+// WaitFor returns once the view has applied stream sequence seq, so a read that
+// follows a write sees it. It gives up when ctx ends.
+func (v *Tokens) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		v.mu.Lock()
+		if v.seq >= seq {
+			v.mu.Unlock()
+			return nil
+		}
+		v.waiting = true
+		ch := v.notify
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("view has not reached sequence %d: %w", seq, ctx.Err())
+		}
+	}
+}
+
+// Get returns a copy of a token of org, with the stream sequence of its last
+// event (the expected sequence for the next append).
+func (v *Tokens) Get(org, id string) (*domain.Token, uint64, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	ent := v.byKey[tokenKey{org, id}]
+	if ent == nil {
+		return nil, 0, false
+	}
+	return ent.token.Clone(), ent.lastSeq, true
+}
+
+// List returns org's tokens, oldest first, deleted ones included (callers
+// filter by status).
+func (v *Tokens) List(org string) []*domain.Token {
+	v.mu.RLock()
+	out := make([]*domain.Token, 0)
+	for k, ent := range v.byKey {
+		if k.org == org {
+			out = append(out, ent.token.Clone())
+		}
+	}
+	v.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *domain.Token) int {
+		if c := a.CreatedAt().Compare(b.CreatedAt()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID(), b.ID())
+	})
+	return out
+}
+
+// Keyed returns what an event written under an idempotency key did, by its
+// event id.
+func (v *Tokens) Keyed(eventID string) (Applied, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	a, ok := v.keyed[eventID]
+	return a, ok
+}
+
+// Outcome is the answer to a verification.
+type Outcome string
+
+const (
+	OutcomeActive    Outcome = "active"
+	OutcomeMalformed Outcome = "malformed"
+	OutcomeUnknown   Outcome = "unknown"
+	OutcomeRotated   Outcome = "rotated"
+	OutcomeExpired   Outcome = "expired"
+	OutcomeDeleted   Outcome = "deleted"
+)
+
+// Verdict is what Verify found. Token is set for every outcome but malformed
+// and unknown.
+type Verdict struct {
+	Outcome Outcome
+	Token   *domain.Token
+}
+
+// Reason is a sentence for a person.
+func (d Verdict) Reason() string {
+	switch d.Outcome {
+	case OutcomeActive:
+		return "token is active"
+	case OutcomeMalformed:
+		return "not a TokenLedger token: wrong prefix, length or checksum"
+	case OutcomeUnknown:
+		return "no token has this secret"
+	case OutcomeRotated:
+		return "this secret was rotated away; the token has a newer secret"
+	case OutcomeExpired:
+		return "token expired at " + d.Token.ExpiresAt().Format(time.RFC3339)
+	case OutcomeDeleted:
+		return "token was deleted"
+	}
+	return string(d.Outcome)
+}
+
+// Verify looks a secret up by its hash. The format check comes first, so a
+// malformed string never reaches the index.
+func (v *Tokens) Verify(secret string, now time.Time) Verdict {
+	if _, err := domain.CheckSecretFormat(secret); err != nil {
+		return Verdict{Outcome: OutcomeMalformed}
+	}
+	h := domain.Hash(secret)
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if ent := v.byHash[h]; ent != nil {
+		if ent.token.Status(now) == domain.StatusExpired {
+			return Verdict{Outcome: OutcomeExpired, Token: ent.token}
+		}
+		return Verdict{Outcome: OutcomeActive, Token: ent.token}
+	}
+	if r, ok := v.retired[h]; ok {
+		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token}
+	}
+	return Verdict{Outcome: OutcomeUnknown}
+}
