@@ -22,6 +22,10 @@ import (
 // unknown, expired, rotated away or deleted: a caller learns nothing about which.
 var ErrUnauthenticated = errors.New("unauthenticated: missing, malformed, unknown, expired or revoked token")
 
+// ErrUnavailable wraps failures to reach the event store: the request may
+// succeed if retried once NATS answers again.
+var ErrUnavailable = errors.New("event store unavailable")
+
 // ForbiddenError says which permission rule denied a request.
 type ForbiddenError struct{ Rule string }
 
@@ -155,7 +159,11 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if err := checkKey(idempotencyKey); err != nil {
 		return Result{}, err
 	}
-	_, e, secret, err := domain.Create(cmd, l.env(c, idempotencyKey))
+	env := l.env(c, idempotencyKey)
+	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
+		return res, err
+	}
+	_, e, secret, err := domain.Create(cmd, env)
 	if err != nil {
 		return Result{}, err
 	}
@@ -164,7 +172,7 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 
 // UpdateToken changes a token's name, description or role.
 func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domain.UpdateToken, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUpdated, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Update(cmd, env)
 		return e, domain.Secret{}, changed, err
 	})
@@ -172,7 +180,7 @@ func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domai
 
 // RotateToken gives a token a new secret; the old one stops working at once.
 func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenRotated, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, s, err := t.Rotate(env)
 		return e, s, err == nil, err
 	})
@@ -180,7 +188,7 @@ func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey s
 
 // AssignToken gives an organization token a role in a workspace.
 func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, role, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenAssigned, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Assign(workspaceID, role, env)
 		return e, domain.Secret{}, changed, err
 	})
@@ -188,7 +196,7 @@ func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, rol
 
 // UnassignToken removes an organization token's role in a workspace.
 func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUnassigned, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Unassign(workspaceID, env)
 		return e, domain.Secret{}, err == nil, err
 	})
@@ -196,7 +204,7 @@ func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, i
 
 // DeleteToken deletes a token for good.
 func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenDeleted, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Delete(env)
 		return e, domain.Secret{}, err == nil, err
 	})
@@ -204,19 +212,28 @@ func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey s
 
 type decision func(t *domain.Token, env domain.Env) (e domain.Event, s domain.Secret, changed bool, err error)
 
-// execute runs a command on an existing token of the caller's organization.
-func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, decide decision) (Result, error) {
+// execute runs a command of type typ on an existing token of the caller's
+// organization. A retry under an idempotency key is answered before the
+// decision: the token has moved on since the first attempt (a retried delete
+// would find it deleted), and the answer must be the first attempt's.
+func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ domain.EventType, decide decision) (Result, error) {
 	if err := authorize(c); err != nil {
 		return Result{}, err
 	}
 	if err := checkKey(key); err != nil {
 		return Result{}, err
 	}
+	env := l.env(c, key)
+	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
+		return res, err
+	}
 	tok, last, err := l.get(c, id)
 	if err != nil {
 		return Result{}, err
 	}
-	e, secret, changed, err := decide(tok, l.env(c, key))
+	// The domain applies its event to the token it decides on; keep tok as it
+	// was for the owner check.
+	e, secret, changed, err := decide(tok.Clone(), env)
 	if err != nil {
 		return Result{}, fmt.Errorf("token %s: %w", id, err)
 	}
@@ -224,7 +241,48 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, decide d
 		current, _, _ := l.view.Get(c.org(), id)
 		return Result{Token: current, Sequence: last}, nil
 	}
+	if err := l.keepAnOwner(c, tok, e); err != nil {
+		return Result{}, err
+	}
 	return l.append(ctx, c, e, last, secret)
+}
+
+// keepAnOwner refuses an event that would leave the organization without an
+// active ORGANIZATION_OWNER token: nobody could manage it any more, and the
+// bootstrap token is only made for an empty stream. (Two owners removing each
+// other at the same instant can still race past this check.)
+func (l *Ledger) keepAnOwner(c Caller, before *domain.Token, e domain.Event) error {
+	if before.Role() != domain.RoleOrganizationOwner || before.Status(l.now()) != domain.StatusActive {
+		return nil
+	}
+	after := before.Clone()
+	if err := after.Apply(e); err != nil {
+		return err
+	}
+	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
+		return nil
+	}
+	now := l.now()
+	for _, t := range l.view.List(c.org()) {
+		if t.ID() != before.ID() && t.Role() == domain.RoleOrganizationOwner && t.Status(now) == domain.StatusActive {
+			return nil
+		}
+	}
+	return &domain.StateError{Field: "token_id", Rule: "this is the organization's last active ORGANIZATION_OWNER token; create another owner first"}
+}
+
+// replayed answers a command whose idempotency key the view has already seen.
+// done is false when the key is new (or there is none).
+func (l *Ledger) replayed(ctx context.Context, c Caller, env domain.Env, typ domain.EventType, id string) (Result, bool, error) {
+	if env.IdempotencyKey == "" {
+		return Result{}, false, nil
+	}
+	a, ok := l.view.Keyed(env.EventID)
+	if !ok {
+		return Result{}, false, nil
+	}
+	res, err := l.replay(ctx, c, domain.Event{Type: typ, TokenID: id}, a)
+	return res, true, err
 }
 
 // append stores e and answers once the view shows it. A retry under an
@@ -239,6 +297,9 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, last uint
 		}
 	}
 	ap, err := l.store.Append(ctx, e, last)
+	if err != nil && !errors.Is(err, domain.ErrConflict) {
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	if errors.Is(err, domain.ErrConflict) && e.IdempotencyKey != "" {
 		if cerr := l.CatchUp(ctx); cerr == nil {
 			if a, ok := l.view.Keyed(e.ID); ok {
@@ -281,7 +342,27 @@ func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a project
 func (l *Ledger) waitFor(ctx context.Context, seq uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, l.readWait)
 	defer cancel()
-	return l.view.WaitFor(ctx, seq)
+	if err := l.view.WaitFor(ctx, seq); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// waitForRead makes a read wait for a sequence the caller was given. A
+// sequence the stream has not reached is the caller's mistake, not a reason to
+// wait.
+func (l *Ledger) waitForRead(ctx context.Context, minSeq uint64) error {
+	if minSeq == 0 || l.view.Sequence() >= minSeq {
+		return nil
+	}
+	last, err := l.store.LastSequence(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if minSeq > last {
+		return domain.Invalid("min_sequence", fmt.Sprintf("beyond the stream's last sequence (%d)", last))
+	}
+	return l.waitFor(ctx, minSeq)
 }
 
 // MaxIdempotencyKeyLen bounds the idempotency key a caller may send.
@@ -320,22 +401,24 @@ func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint6
 	if err := authorize(c); err != nil {
 		return nil, err
 	}
-	if err := l.waitFor(ctx, minSeq); err != nil {
+	if err := l.waitForRead(ctx, minSeq); err != nil {
 		return nil, err
 	}
 	tok, _, err := l.get(c, id)
 	return tok, err
 }
 
-// ListTokens returns the caller's organization's tokens, oldest first.
-func (l *Ledger) ListTokens(ctx context.Context, c Caller, minSeq uint64) ([]*domain.Token, error) {
+// ListTokens returns the caller's organization's tokens, oldest first, and the
+// stream sequence the list reflects (at least).
+func (l *Ledger) ListTokens(ctx context.Context, c Caller, minSeq uint64) ([]*domain.Token, uint64, error) {
 	if err := authorize(c); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if err := l.waitFor(ctx, minSeq); err != nil {
-		return nil, err
+	if err := l.waitForRead(ctx, minSeq); err != nil {
+		return nil, 0, err
 	}
-	return l.view.List(c.org()), nil
+	seq := l.view.Sequence()
+	return l.view.List(c.org()), seq, nil
 }
 
 // Verify says whether a secret is active now and, if it belongs to the

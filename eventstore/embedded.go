@@ -19,6 +19,34 @@ type EmbeddedConfig struct {
 	Listen string
 	// ServerName names the node in logs and cluster views.
 	ServerName string
+	// LedgerPassword, when set, locks the server down: only a client that logs
+	// in as user "ledger" with it may write; everyone else (services on Listen)
+	// may read the stream and run consumers, but cannot publish events, change
+	// or delete the stream. Left empty, the server is open (tests only).
+	LedgerPassword string
+}
+
+// LedgerUser is the user the ledger logs in as when LedgerPassword is set.
+const LedgerUser = "ledger"
+
+// servicePermissions is what an anonymous client of a locked-down server may
+// do: the JetStream API calls a consumer needs, and nothing that writes.
+func servicePermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			"$JS.API.INFO",
+			"$JS.API.STREAM.INFO.*",
+			"$JS.API.STREAM.NAMES",
+			"$JS.API.STREAM.LIST",
+			"$JS.API.STREAM.MSG.GET.*",
+			"$JS.API.DIRECT.GET.>",
+			"$JS.API.CONSUMER.>",
+			"$JS.ACK.>",
+			"$JS.FC.>",
+			"_INBOX.>",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	}
 }
 
 // StartEmbedded starts a JetStream-enabled nats-server and waits until it
@@ -32,6 +60,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		// The ledger handles signals itself; nats-server must not exit the process.
 		NoSigs: true,
 		NoLog:  true,
+	}
+	if cfg.LedgerPassword != "" {
+		opts.Users = []*server.User{
+			{Username: LedgerUser, Password: cfg.LedgerPassword},
+			{Username: "service", Permissions: servicePermissions()},
+		}
+		opts.NoAuthUser = "service"
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true

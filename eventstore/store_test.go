@@ -3,11 +3,14 @@ package eventstore_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -251,5 +254,65 @@ func TestFollowDeliversHistoryThenLiveEvents(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Follow returned %v after cancel", err)
+	}
+}
+
+func TestALockedDownServerLetsServicesReadButNotWrite(t *testing.T) {
+	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", LedgerPassword: "s3cret-for-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+
+	ledgerConn, err := nats.Connect(ns.ClientURL(), nats.UserInfo(eventstore.LedgerUser, "s3cret-for-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ledgerConn.Close()
+	ljs, _ := jetstream.New(ledgerConn)
+	st, err := eventstore.Open(ctx(t), ljs, eventstore.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, created := mustCreate(t, "acme")
+	a, err := st.Append(ctx(t), created, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A service connects without credentials, as documented.
+	svc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	sjs, _ := jetstream.New(svc)
+
+	// It can read the history with a consumer...
+	cons, err := sjs.OrderedConsumer(ctx(t), "TOKENS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("service cannot create a consumer: %v", err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil || !strings.Contains(msg.Subject(), tok.ID()) {
+		t.Fatalf("service cannot read events: %v", err)
+	}
+
+	// ...but cannot forge an event, update or delete the stream.
+	forged, _, _ := tok.Clone().Rotate(env())
+	body, _ := json.Marshal(forged)
+	short, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := sjs.Publish(short, st.Subject(forged), body); err == nil {
+		t.Fatal("a service published an event into the stream")
+	}
+	if err := sjs.DeleteStream(short, "TOKENS"); err == nil {
+		t.Fatal("a service deleted the stream")
+	}
+	if _, err := sjs.UpdateStream(short, jetstream.StreamConfig{Name: "TOKENS", Subjects: []string{"ledger.tokens.>"}}); err == nil {
+		t.Fatal("a service updated the stream")
+	}
+	if last, _ := st.LastSequence(ctx(t)); last != a.Sequence {
+		t.Fatalf("last sequence %d, want %d: something was written", last, a.Sequence)
 	}
 }

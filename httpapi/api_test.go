@@ -119,6 +119,10 @@ func TestRotatedAwayAndDeletedSecretsFailVerifyAndCannotCallTheAPI(t *testing.T)
 		t.Fatalf("verify garbage = %+v; want malformed", v)
 	}
 
+	// The scheme is case-insensitive (RFC 9110); the secret is not.
+	if status, _, _ := h.raw("GET", "/v1/tokens", "", nil, map[string]string{"Authorization": "bearer " + h.owner}); status != 200 {
+		t.Fatalf("lower-case bearer scheme: %d", status)
+	}
 	// Every bad bearer gets the same 401, byte for byte.
 	var bodies [][]byte
 	for _, secret := range []string{old, rot.Secret, "tlo_notarealtoken", "", strings.Repeat("x", 60)} {
@@ -190,6 +194,11 @@ func TestBadInputIsRefusedWithTheFieldAndRuleAndWritesNothing(t *testing.T) {
 		{"idempotency key with spaces", "POST", "/v1/tokens", `{"scope":"organization","name":"a"}`, "", map[string]string{"Idempotency-Key": "a b"}, 400, "idempotency_key"},
 		{"bad min_sequence", "GET", "/v1/tokens?min_sequence=-1", ``, "", nil, 400, "min_sequence"},
 		{"no such route", "POST", "/v1/tokens/x/explode", ``, "", nil, 404, ""},
+		{"wrong method", "PUT", "/v1/tokens", `{}`, "", nil, 405, ""},
+		{"verify without a token", "POST", "/v1/verify", `{}`, "", nil, 400, "token"},
+		{"min_sequence beyond the stream", "GET", "/v1/tokens?min_sequence=999999", ``, "", nil, 400, "min_sequence"},
+		{"delete the last owner", "DELETE", "/v1/tokens/" + h.ownerID, ``, "", nil, 409, "token_id"},
+		{"demote the last owner", "PATCH", "/v1/tokens/" + h.ownerID, `{"role":"ORGANIZATION_MEMBER"}`, "", nil, 409, "token_id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -335,6 +344,28 @@ func TestARetriedCreateMakesOneTokenAndNeverAWrongSecret(t *testing.T) {
 		t.Fatalf("retried rotate: %d %s", status, body)
 	}
 	_ = r1
+	// A retried delete or unassign finds the token already changed, and is
+	// still answered as the first attempt was.
+	for _, call := range []struct{ method, path string }{
+		{"PUT", "/v1/tokens/" + first.ID + "/workspaces/ws1"},
+		{"DELETE", "/v1/tokens/" + first.ID + "/workspaces/ws1"},
+		{"DELETE", "/v1/tokens/" + first.ID},
+	} {
+		key := map[string]string{"Idempotency-Key": call.method + call.path}
+		body := `{"role":"WORKSPACE_MEMBER"}`
+		if call.method == "DELETE" {
+			body = ""
+		}
+		status, _, b := h.raw(call.method, call.path, h.owner, strings.NewReader(body), key)
+		if status != 200 {
+			t.Fatalf("%s %s: %d %s", call.method, call.path, status, b)
+		}
+		seq = h.lastSeq()
+		status, _, b = h.raw(call.method, call.path, h.owner, strings.NewReader(body), key)
+		if status != 200 || !bytes.Contains(b, []byte(`"idempotent_replay":true`)) || h.lastSeq() != seq {
+			t.Fatalf("retried %s %s: %d %s", call.method, call.path, status, b)
+		}
+	}
 	// The same key for another command is refused.
 	status, _, body = h.raw("DELETE", "/v1/tokens/"+first.ID, h.owner, nil, map[string]string{"Idempotency-Key": "rot-1"})
 	if status != 400 || !bytes.Contains(body, []byte("idempotency_key")) || h.lastSeq() != seq {

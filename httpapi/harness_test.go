@@ -31,7 +31,8 @@ type harness struct {
 	ledger *app.Ledger
 	dir    string // JetStream's store directory
 	srv    *httptest.Server
-	owner  string // secret of acme's bootstrap owner
+	owner   string // secret of acme's bootstrap owner
+	ownerID string
 	logs   *bytes.Buffer
 }
 
@@ -52,7 +53,7 @@ func newHarness(t *testing.T) *harness {
 	logs := &bytes.Buffer{}
 	srv := httptest.NewServer(httpapi.NewServer(ledger, slog.New(slog.NewTextHandler(logs, nil)), nil))
 	t.Cleanup(srv.Close)
-	return &harness{t: t, store: store, view: view, ledger: ledger, srv: srv, owner: secret.Reveal(), logs: logs, dir: ns.JetStreamConfig().StoreDir}
+	return &harness{t: t, store: store, view: view, ledger: ledger, srv: srv, owner: secret.Reveal(), ownerID: tok.ID(), logs: logs, dir: ns.JetStreamConfig().StoreDir}
 }
 
 func (h *harness) storeDir() string { return h.dir }

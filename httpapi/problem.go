@@ -69,7 +69,10 @@ func problemFor(err error) *Problem {
 	case errors.As(err, &maxb):
 		return &Problem{Type: problemBase + "too-large", Title: "Request body too large", Status: http.StatusRequestEntityTooLarge, Detail: fmt.Sprintf("body: at most %d bytes (1 MiB)", maxb.Limit), Errors: []domain.FieldError{{Field: "body", Rule: "at most 1 MiB"}}}
 	}
-	return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable, Detail: "the event store did not answer; try again shortly"}
+	if errors.Is(err, app.ErrUnavailable) {
+		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable, Detail: "the event store did not answer in time; try again shortly"}
+	}
+	return &Problem{Type: problemBase + "internal", Title: "Internal error", Status: http.StatusInternalServerError, Detail: "internal error; quote the request id when reporting it"}
 }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {

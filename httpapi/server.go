@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"regexp"
@@ -54,6 +55,22 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 	s.mux.Handle("PUT /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.assignToken))
 	s.mux.Handle("DELETE /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.unassignToken))
 	s.mux.Handle("POST /v1/verify", s.authed(s.verify))
+	// A known path with another method gets 405 and the methods it takes.
+	for path, allow := range map[string]string{
+		"/healthz":               "GET",
+		"/openapi.yaml":          "GET",
+		"/v1/tokens":             "GET, POST",
+		"/v1/tokens/{id}":        "GET, PATCH, DELETE",
+		"/v1/tokens/{id}/rotate": "POST",
+		"/v1/tokens/{id}/workspaces/{workspace_id}": "PUT, DELETE",
+		"/v1/verify": "POST",
+	} {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeProblem(w, r, &Problem{Type: problemBase + "method", Title: "Method not allowed", Status: http.StatusMethodNotAllowed,
+				Detail: "method: " + clipPath(r.Method) + " is not allowed here; allowed: " + allow})
+		})
+	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, &Problem{Type: problemBase + "no-route", Title: "Not found", Status: http.StatusNotFound, Detail: "path: no API route " + r.Method + " " + clipPath(r.URL.Path)})
 	})
@@ -152,8 +169,8 @@ type authedHandler func(w http.ResponseWriter, r *http.Request, c app.Caller) er
 // the same 401.
 func (s *Server) authed(h authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
+		scheme, secret, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			writeProblem(w, r, unauthenticated)
 			return
 		}
@@ -192,7 +209,7 @@ func clipHeader(v string) string {
 // decode reads a JSON body into v: one object, no unknown fields, no trailing
 // data. Its errors name the field and the rule.
 func decode(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
 		return &Problem{Type: problemBase + "media-type", Title: "Unsupported media type", Status: http.StatusUnsupportedMediaType,
 			Detail: "Content-Type: must be application/json", Errors: []domain.FieldError{{Field: "Content-Type", Rule: "must be application/json"}}}
 	}
@@ -238,6 +255,11 @@ func decode(r *http.Request, v any) error {
 		return badBody("one JSON object only; trailing data found")
 	}
 	return nil
+}
+
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
 }
 
 func jsonKind(goKind string) string {
@@ -324,12 +346,12 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, c app.Caller
 	if err != nil {
 		return err
 	}
-	toks, err := s.ledger.ListTokens(r.Context(), c, min)
+	toks, seq, err := s.ledger.ListTokens(r.Context(), c, min)
 	if err != nil {
 		return err
 	}
 	now := s.ledger.Now()
-	out := TokenList{Tokens: make([]Token, len(toks))}
+	out := TokenList{Tokens: make([]Token, len(toks)), Sequence: seq}
 	for i, t := range toks {
 		out.Tokens[i] = tokenJSON(t, now)
 	}
@@ -402,6 +424,9 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, c app.Caller) er
 	var req VerifyRequest
 	if err := decode(r, &req); err != nil {
 		return err
+	}
+	if strings.TrimSpace(req.Token) == "" {
+		return domain.Invalid("token", "required: the secret to verify")
 	}
 	v, err := s.ledger.Verify(r.Context(), c, strings.TrimSpace(req.Token))
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -97,18 +98,22 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	var nc *nats.Conn
 	var err error
 	if o.natsURL == "" {
+		// A fresh password each start: only this process writes events;
+		// services on --nats-listen may read and consume, never publish.
+		password := rand.Text()
 		var ns *server.Server
 		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
-			StoreDir:   filepath.Join(o.dataDir, "jetstream"),
-			Listen:     o.natsListen,
-			ServerName: "ledger",
+			StoreDir:       filepath.Join(o.dataDir, "jetstream"),
+			Listen:         o.natsListen,
+			ServerName:     "ledger",
+			LedgerPassword: password,
 		})
 		if err != nil {
 			return nil, err
 		}
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		n.natsClientURL = ns.ClientURL()
-		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"))
+		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password))
 	} else {
 		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1))
 	}
