@@ -1,0 +1,169 @@
+package app_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+// clock is a settable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func newLedger(t *testing.T, clk *clock) (*app.Ledger, *eventstore.Store, app.Caller) {
+	t.Helper()
+	store, _, _ := eventstoretest.MustStore(t)
+	view := projections.NewTokens()
+	l := app.New(store, view, app.WithClock(clk.Now))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = app.Run(ctx, store, view, nil) }()
+	t.Cleanup(func() { cancel(); <-done })
+	owner, _, err := l.Bootstrap(context.Background(), "acme")
+	if err != nil || owner == nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	return l, store, app.Caller{Token: owner, RequestID: "req-1", SourceIP: "127.0.0.1", UserAgent: "test"}
+}
+
+func TestATokenExpiresByTheClockWithoutAnEvent(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	l, store, owner := newLedger(t, clk)
+	ctx := context.Background()
+	days := 1
+	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "organization", Name: "short-lived", Role: "ORGANIZATION_OWNER", ExpirationDays: &days}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := res.Secret.Reveal()
+	if _, err := l.Authenticate(secret); err != nil {
+		t.Fatalf("fresh token cannot authenticate: %v", err)
+	}
+	before, _ := store.LastSequence(ctx)
+
+	clk.Advance(24 * time.Hour)
+	if _, err := l.Authenticate(secret); !errors.Is(err, app.ErrUnauthenticated) {
+		t.Fatalf("expired token authenticates: %v", err)
+	}
+	v, err := l.Verify(ctx, owner, secret)
+	if err != nil || v.Outcome != projections.OutcomeExpired {
+		t.Fatalf("verify expired = %v, %v", v.Outcome, err)
+	}
+	tok, err := l.GetToken(ctx, owner, res.Token.ID(), 0)
+	if err != nil || tok.Status(clk.Now()) != domain.StatusExpired {
+		t.Fatalf("status after expiry = %v, %v", tok.Status(clk.Now()), err)
+	}
+	if after, _ := store.LastSequence(ctx); after != before {
+		t.Fatalf("expiry wrote events: sequence %d -> %d", before, after)
+	}
+
+	// Rotating renews it for its original number of days from now.
+	rot, err := l.RotateToken(ctx, owner, res.Token.ID(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := clk.Now().Add(24 * time.Hour); !rot.Token.ExpiresAt().Equal(want) {
+		t.Fatalf("renewed expiry %v, want %v", rot.Token.ExpiresAt(), want)
+	}
+	if _, err := l.Authenticate(rot.Secret.Reveal()); err != nil {
+		t.Fatalf("rotated token cannot authenticate: %v", err)
+	}
+}
+
+func TestEventsRecordWhoActedWhenAndThroughWhichRequest(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	l, store, owner := newLedger(t, clk)
+	ctx := context.Background()
+	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "w"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Minute)
+	if _, err := l.DeleteToken(ctx, owner, res.Token.ID(), ""); err != nil {
+		t.Fatal(err)
+	}
+	hist, err := store.Load(ctx, "acme", res.Token.ID())
+	if err != nil || len(hist) != 2 {
+		t.Fatalf("history = %d events, %v", len(hist), err)
+	}
+	for i, rec := range hist {
+		e := rec.Event
+		if e.Actor.TokenID != owner.Token.ID() || e.Actor.RequestID != "req-1" || e.Actor.SourceIP != "127.0.0.1" || e.Actor.UserAgent != "test" {
+			t.Errorf("event %d actor = %+v", i, e.Actor)
+		}
+	}
+	if !hist[1].Event.OccurredAt.Equal(clk.Now()) {
+		t.Errorf("delete occurred at %v, want the clock's %v", hist[1].Event.OccurredAt, clk.Now())
+	}
+	// The bootstrap token's event names the system as its actor.
+	boot, _ := store.Load(ctx, "acme", owner.Token.ID())
+	if boot[0].Event.Actor.TokenID != domain.SystemActor {
+		t.Errorf("bootstrap actor = %q", boot[0].Event.Actor.TokenID)
+	}
+}
+
+func TestBootstrapHappensOnceOnAnEmptyStream(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	l, _, _ := newLedger(t, clk)
+	tok, secret, err := l.Bootstrap(context.Background(), "acme")
+	if err != nil || tok != nil || !secret.IsZero() {
+		t.Fatalf("second bootstrap = %v, %v; want nothing", tok, err)
+	}
+}
+
+func TestAViewRebuiltFromTheStreamEqualsTheLiveOne(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	l, store, owner := newLedger(t, clk)
+	ctx := context.Background()
+	for i := range 5 {
+		res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "organization", Name: "t"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := res.Token.ID()
+		l.AssignToken(ctx, owner, id, "ws1", "WORKSPACE_OWNER", "")
+		if i%2 == 0 {
+			l.RotateToken(ctx, owner, id, "")
+		}
+		if i == 3 {
+			l.DeleteToken(ctx, owner, id, "")
+		}
+	}
+	live, _, _ := l.ListTokens(ctx, owner, 0)
+
+	rebuilt := projections.NewTokens()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go app.Run(rctx, store, rebuilt, nil)
+	last, _ := store.LastSequence(ctx)
+	if err := rebuilt.WaitFor(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	again := rebuilt.List("acme")
+	if len(again) != len(live) {
+		t.Fatalf("rebuilt %d tokens, live %d", len(again), len(live))
+	}
+	for i := range live {
+		a, b := live[i], again[i]
+		if a.ID() != b.ID() || a.Version() != b.Version() || a.SecretHash() != b.SecretHash() || a.Deleted() != b.Deleted() || len(a.WorkspaceRoles()) != len(b.WorkspaceRoles()) {
+			t.Fatalf("token %s differs after rebuild", a.ID())
+		}
+	}
+}
