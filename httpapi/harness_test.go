@@ -25,15 +25,15 @@ import (
 // harness is a whole ledger on a real embedded nats-server, served by
 // httptest, with an ORGANIZATION_OWNER token for org "acme".
 type harness struct {
-	t      *testing.T
-	store  *eventstore.Store
-	view   *projections.Tokens
-	ledger *app.Ledger
-	dir    string // JetStream's store directory
-	srv    *httptest.Server
+	t       *testing.T
+	store   *eventstore.Store
+	view    *projections.Tokens
+	ledger  *app.Ledger
+	dir     string // JetStream's store directory
+	srv     *httptest.Server
 	owner   string // secret of acme's bootstrap owner
 	ownerID string
-	logs   *bytes.Buffer
+	logs    *bytes.Buffer
 }
 
 func newHarness(t *testing.T) *harness {
