@@ -418,3 +418,39 @@ func TestSecretsAppearInNoStoredByteAndNoLogLine(t *testing.T) {
 		t.Fatalf("searched %d bytes and did not find the token id: the search is not looking at the stream's files", n)
 	}
 }
+
+func TestHealthAndTheAPIDescriptionNeedNoToken(t *testing.T) {
+	h := newHarness(t)
+	status, _, body := h.raw("GET", "/healthz", "", nil, nil)
+	if status != 200 || !bytes.Contains(body, []byte(`"ok"`)) {
+		t.Fatalf("healthz: %d %s", status, body)
+	}
+	status, hdr, body := h.raw("GET", "/openapi.yaml", "", nil, nil)
+	if status != 200 || !bytes.HasPrefix(body, []byte("openapi: 3.")) || hdr.Get("Content-Type") != "application/yaml" {
+		t.Fatalf("openapi.yaml: %d %s", status, hdr.Get("Content-Type"))
+	}
+	// Every route the server answers is described, with its methods.
+	for path, methods := range map[string][]string{
+		"/healthz":               {"get"},
+		"/openapi.yaml":          {"get"},
+		"/v1/tokens":             {"get", "post"},
+		"/v1/tokens/{id}":        {"get", "patch", "delete"},
+		"/v1/tokens/{id}/rotate": {"post"},
+		"/v1/tokens/{id}/workspaces/{workspace_id}": {"put", "delete"},
+		"/v1/verify": {"post"},
+	} {
+		_, section, ok := strings.Cut(string(body), "\n  "+path+":\n")
+		if !ok {
+			t.Errorf("openapi.yaml does not describe %s", path)
+			continue
+		}
+		if next := strings.Index(section, "\n  /"); next >= 0 {
+			section = section[:next]
+		}
+		for _, m := range methods {
+			if !strings.Contains(section, "\n    "+m+":\n") {
+				t.Errorf("openapi.yaml does not describe %s %s", strings.ToUpper(m), path)
+			}
+		}
+	}
+}
