@@ -107,15 +107,41 @@ type Result struct {
 }
 
 // Run feeds the view from the stream until ctx ends: first the history, then
-// live events. Events the view refuses are reported through onReject and
-// skipped.
-func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens, onReject func(error)) error {
-	return store.Follow(ctx, view.Sequence()+1, func(r eventstore.Recorded) error {
-		if err := view.Apply(r.Sequence, r.Event); err != nil && onReject != nil {
-			onReject(err)
+// live events. A message the view refuses is reported through report and
+// skipped; so is a failure to read the stream, after which Run follows again
+// from where the view got to, with a growing pause. It returns when ctx ends.
+func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens, report func(error)) {
+	if report == nil {
+		report = func(error) {}
+	}
+	pause := 100 * time.Millisecond
+	for {
+		from := view.Sequence() + 1
+		err := store.Follow(ctx, from, func(r eventstore.Recorded) error {
+			if r.Err != nil {
+				view.Refuse(r.Sequence, r.OrganizationID, r.TokenID)
+				report(fmt.Errorf("refused: %w", r.Err))
+				return nil
+			}
+			if err := view.Apply(r.Sequence, r.Event); err != nil {
+				report(fmt.Errorf("refused: %w", err))
+			}
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
 		}
-		return nil
-	})
+		report(fmt.Errorf("reading the stream stopped at sequence %d, following again: %w", view.Sequence(), err))
+		if view.Sequence() >= from {
+			pause = 100 * time.Millisecond // it made progress: not a tight failure loop
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
 }
 
 // CatchUp waits until the view has applied everything the stream held when it
@@ -163,11 +189,11 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
 		return res, err
 	}
-	_, e, secret, err := domain.Create(cmd, env)
+	tok, e, secret, err := domain.Create(cmd, env)
 	if err != nil {
 		return Result{}, err
 	}
-	return l.append(ctx, c, e, 0, secret)
+	return l.append(ctx, c, e, tok, 0, secret)
 }
 
 // UpdateToken changes a token's name, description or role.
@@ -231,33 +257,29 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 	if err != nil {
 		return Result{}, err
 	}
-	// The domain applies its event to the token it decides on; keep tok as it
-	// was for the owner check.
-	e, secret, changed, err := decide(tok.Clone(), env)
+	// The domain applies its event to the token it decides on: next becomes
+	// the state after the command, tok stays the state before.
+	next := tok.Clone()
+	e, secret, changed, err := decide(next, env)
 	if err != nil {
 		return Result{}, fmt.Errorf("token %s: %w", id, err)
 	}
 	if !changed {
-		current, _, _ := l.view.Get(c.org(), id)
-		return Result{Token: current, Sequence: last}, nil
+		return Result{Token: tok, Sequence: last}, nil
 	}
-	if err := l.keepAnOwner(c, tok, e); err != nil {
+	if err := l.keepAnOwner(c, tok, next); err != nil {
 		return Result{}, err
 	}
-	return l.append(ctx, c, e, last, secret)
+	return l.append(ctx, c, e, next, last, secret)
 }
 
 // keepAnOwner refuses an event that would leave the organization without an
 // active ORGANIZATION_OWNER token: nobody could manage it any more, and the
 // bootstrap token is only made for an empty stream. (Two owners removing each
 // other at the same instant can still race past this check.)
-func (l *Ledger) keepAnOwner(c Caller, before *domain.Token, e domain.Event) error {
+func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 	if before.Role() != domain.RoleOrganizationOwner || before.Status(l.now()) != domain.StatusActive {
 		return nil
-	}
-	after := before.Clone()
-	if err := after.Apply(e); err != nil {
-		return err
 	}
 	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
 		return nil
@@ -285,46 +307,39 @@ func (l *Ledger) replayed(ctx context.Context, c Caller, env domain.Env, typ dom
 	return res, true, err
 }
 
-// append stores e and answers once the view shows it. A retry under an
-// idempotency key is recognised either by JetStream's duplicate window or, when
-// the first attempt already moved the token on, by the view's record of keyed
-// events; either way it is answered with the first attempt's result, without
-// a secret.
-func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, last uint64, secret domain.Secret) (Result, error) {
-	if e.IdempotencyKey != "" {
-		if a, ok := l.view.Keyed(e.ID); ok {
-			return l.replay(ctx, c, e, a)
-		}
-	}
+// append stores e, which took the token to the state after, and answers with
+// that state. Once JetStream has acknowledged the event the command has
+// happened, and its answer must reach the caller (after a rotation, the secret
+// in it is the only one that works): waiting for the view then only serves the
+// caller's next read, and a view that lags does not turn success into failure.
+//
+// A retry under an idempotency key that the view has not seen yet is caught
+// here: by JetStream's duplicate window, or, when the first attempt already
+// moved the token on, by a conflict after which the view knows the key.
+func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, last uint64, secret domain.Secret) (Result, error) {
 	ap, err := l.store.Append(ctx, e, last)
-	if err != nil && !errors.Is(err, domain.ErrConflict) {
-		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	if errors.Is(err, domain.ErrConflict) && e.IdempotencyKey != "" {
-		if cerr := l.CatchUp(ctx); cerr == nil {
+	switch {
+	case errors.Is(err, domain.ErrConflict):
+		if e.IdempotencyKey != "" && l.CatchUp(ctx) == nil {
 			if a, ok := l.view.Keyed(e.ID); ok {
 				return l.replay(ctx, c, e, a)
 			}
 		}
-	}
-	if err != nil {
 		return Result{}, err
-	}
-	if ap.Duplicate {
+	case err != nil:
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case ap.Duplicate:
 		if err := l.waitFor(ctx, ap.Sequence); err != nil {
 			return Result{}, err
 		}
 		a, ok := l.view.Keyed(e.ID)
 		if !ok {
-			return Result{}, fmt.Errorf("idempotency key %q: stored at sequence %d but not found in the view", e.IdempotencyKey, ap.Sequence)
+			return Result{}, fmt.Errorf("idempotency key: stored at sequence %d but not in the view", ap.Sequence)
 		}
 		return l.replay(ctx, c, e, a)
 	}
-	if err := l.waitFor(ctx, ap.Sequence); err != nil {
-		return Result{}, err
-	}
-	tok, _, _ := l.view.Get(c.org(), e.TokenID)
-	return Result{Token: tok, Secret: secret, Sequence: ap.Sequence}, nil
+	_ = l.waitFor(ctx, ap.Sequence) // best effort, see above
+	return Result{Token: after, Secret: secret, Sequence: ap.Sequence}, nil
 }
 
 func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a projections.Applied) (Result, error) {

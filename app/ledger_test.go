@@ -2,6 +2,8 @@ package app_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -34,7 +36,7 @@ func newLedger(t *testing.T, clk *clock) (*app.Ledger, *eventstore.Store, app.Ca
 	l := app.New(store, view, app.WithClock(clk.Now))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = app.Run(ctx, store, view, nil) }()
+	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
 	owner, _, err := l.Bootstrap(context.Background(), "acme")
 	if err != nil || owner == nil {
@@ -165,5 +167,61 @@ func TestAViewRebuiltFromTheStreamEqualsTheLiveOne(t *testing.T) {
 		if a.ID() != b.ID() || a.Version() != b.Version() || a.SecretHash() != b.SecretHash() || a.Deleted() != b.Deleted() || len(a.WorkspaceRoles()) != len(b.WorkspaceRoles()) {
 			t.Fatalf("token %s differs after rebuild", a.ID())
 		}
+	}
+}
+
+func TestAMessageThatIsNotAnEventIsSkippedAndItsTokenStaysManageable(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	store, js, _ := eventstoretest.MustStore(t)
+	view := projections.NewTokens()
+	l := app.New(store, view, app.WithClock(clk.Now))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var reports []error
+	var mu sync.Mutex
+	go func() {
+		defer close(done)
+		app.Run(ctx, store, view, func(err error) { mu.Lock(); reports = append(reports, err); mu.Unlock() })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	owner, _, err := l.Bootstrap(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := app.Caller{Token: owner}
+	res, err := l.CreateToken(context.Background(), c, domain.CreateToken{Scope: "organization", Name: "victim"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone with write access to NATS, bypassing the ledger, stores garbage
+	// and a forged event on the token's subjects.
+	if _, err := js.Publish(context.Background(), "ledger.tokens.acme."+res.Token.ID()+".TokenDeleted", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := l.CreateToken(context.Background(), c, domain.CreateToken{Scope: "organization", Name: "other"}, "")
+	forged, _ := other.Token.Delete(domain.Env{Now: clk.Now(), Rand: rand.Reader})
+	body, _ := json.Marshal(forged)
+	if _, err := js.Publish(context.Background(), "ledger.tokens.acme."+res.Token.ID()+".TokenDeleted", body); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := len(reports)
+	mu.Unlock()
+	if n != 2 || view.Rejected() != 2 {
+		t.Fatalf("%d reports, %d rejected; want 2 and 2", n, view.Rejected())
+	}
+	// The view kept following, the token does not verify, and it can still be
+	// rotated or deleted by its owner.
+	if v, _ := l.Verify(context.Background(), c, res.Secret.Reveal()); v.Outcome != projections.OutcomeQuarantined {
+		t.Fatalf("verify victim = %s, want quarantined", v.Outcome)
+	}
+	if _, err := l.DeleteToken(context.Background(), c, res.Token.ID(), ""); err != nil {
+		t.Fatalf("delete after garbage on the token's subject: %v", err)
+	}
+	if v, _ := l.Verify(context.Background(), c, other.Secret.Reveal()); v.Outcome != projections.OutcomeActive {
+		t.Fatalf("the forged delete (filed under another token) deleted %s: %s", other.Token.ID(), v.Outcome)
 	}
 }

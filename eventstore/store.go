@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,10 +74,17 @@ type Store struct {
 	cfg    Config
 }
 
-// Recorded is an event as stored, with its stream sequence.
+// Recorded is an event as stored, with its stream sequence. OrganizationID and
+// TokenID come from the subject, which is what concurrency control is keyed
+// on. Err is set when the message is not a valid event for that subject
+// (undecodable, or its body names another token); Event is then empty. Only a
+// writer that bypassed the ledger can store such a message.
 type Recorded struct {
-	Sequence uint64
-	Event    domain.Event
+	Sequence       uint64
+	OrganizationID string
+	TokenID        string
+	Event          domain.Event
+	Err            error
 }
 
 // Open creates the stream, or brings an existing one to cfg. The stream denies
@@ -203,7 +211,10 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			rec, err := decode(msg)
+			rec, err := s.decode(msg)
+			if err == nil {
+				err = rec.Err
+			}
 			if err != nil {
 				return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 			}
@@ -219,9 +230,13 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 	return out, nil
 }
 
-// Follow delivers every event from stream sequence from (1: the beginning) in
-// order, then keeps delivering new ones until ctx ends. handle runs on one
-// goroutine; an error from it stops Follow and is returned.
+// Follow delivers every message from stream sequence from (1: the beginning)
+// in order, then keeps delivering new ones until ctx ends. A message that is
+// not a valid event is delivered too, with Err set, so the reader can count it
+// and move on. handle runs on one goroutine; an error from it stops Follow and
+// is returned. Follow returns ctx's error when ctx ends, and any other error
+// when the stream cannot be read; the caller may follow again from where it
+// got to.
 func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) error) error {
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
 	if from > 1 {
@@ -242,14 +257,14 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
 		}
-		rec, err := decode(msg)
+		rec, err := s.decode(msg)
 		if err != nil {
-			return err
+			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
 		}
 		if err := handle(rec); err != nil {
 			return err
@@ -270,14 +285,37 @@ func (s *Store) Get(ctx context.Context, seq uint64) (Recorded, error) {
 	return Recorded{Sequence: raw.Sequence, Event: e}, nil
 }
 
-func decode(msg jetstream.Msg) (Recorded, error) {
+// decode reads a stream message. Its error means the message carries no
+// stream metadata at all (it did not come from the stream); a message that is
+// not a valid event comes back with Recorded.Err.
+func (s *Store) decode(msg jetstream.Msg) (Recorded, error) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		return Recorded{}, fmt.Errorf("event metadata: %w", err)
 	}
+	rec := Recorded{Sequence: meta.Sequence.Stream}
+	rec.OrganizationID, rec.TokenID = s.parseSubject(msg.Subject())
 	var e domain.Event
-	if err := json.Unmarshal(msg.Data(), &e); err != nil {
-		return Recorded{}, fmt.Errorf("decode event at sequence %d on %s: %w", meta.Sequence.Stream, msg.Subject(), err)
+	switch err := json.Unmarshal(msg.Data(), &e); {
+	case err != nil:
+		rec.Err = fmt.Errorf("message at sequence %d on %s is not an event: %w", rec.Sequence, msg.Subject(), err)
+	case s.Subject(e) != msg.Subject():
+		rec.Err = fmt.Errorf("event %s at sequence %d is stored on %s but is about %s", e.ID, rec.Sequence, msg.Subject(), s.Subject(e))
+	default:
+		rec.Event = e
 	}
-	return Recorded{Sequence: meta.Sequence.Stream, Event: e}, nil
+	return rec, nil
+}
+
+// parseSubject takes organization and token id out of a message subject.
+func (s *Store) parseSubject(subject string) (org, tokenID string) {
+	rest, ok := strings.CutPrefix(subject, s.cfg.SubjectPrefix+".")
+	if !ok {
+		return "", ""
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 {
+		return "", ""
+	}
+	return parts[0], parts[1]
 }

@@ -43,7 +43,7 @@ func newHarness(t *testing.T) *harness {
 	ledger := app.New(store, view)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = app.Run(ctx, store, view, nil) }()
+	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
 
 	tok, secret, err := ledger.Bootstrap(context.Background(), "acme")

@@ -38,6 +38,11 @@ type tokenKey struct{ org, id string }
 type entry struct {
 	token   *domain.Token
 	lastSeq uint64
+	// quarantined: the token's history holds a message the view could not
+	// apply, so what the view believes about it may be wrong. Verification
+	// fails closed for it; commands still work (a delete or a new token is the
+	// way out), because the stream's per-token sequence is still tracked.
+	quarantined bool
 }
 
 type retiredSecret struct {
@@ -65,8 +70,7 @@ func NewTokens() *Tokens {
 
 // Apply folds the event stored at stream sequence seq into the view. An event
 // that does not continue its token's history (which the ledger's own appends
-// cannot produce) is refused with an error and leaves the view unchanged, but
-// the view still counts the sequence as seen so readers never wait on it.
+// cannot produce) is refused as Refuse would; the error says why.
 func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -79,7 +83,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	if ent == nil {
 		tok, err := domain.NewFromCreated(e)
 		if err != nil {
-			v.rejected++
+			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
 		ent = &entry{token: tok}
@@ -89,7 +93,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		// and a refused event must leave the token as it was.
 		next := ent.token.Clone()
 		if err := next.Apply(e); err != nil {
-			v.rejected++
+			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
 		prevHash := ent.token.SecretHash()
@@ -111,6 +115,28 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type}
 	}
 	return nil
+}
+
+// Refuse records that the message at stream sequence seq, stored on the
+// subject of token (org, tokenID), is not a valid event. The view counts it,
+// moves past it, quarantines the token it was filed under, and keeps that
+// token's last sequence in step with the stream so commands on it still pass
+// JetStream's per-token check.
+func (v *Tokens) Refuse(seq uint64, org, tokenID string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	defer v.advance(seq)
+	if seq > v.seq {
+		v.refuse(seq, tokenKey{org, tokenID})
+	}
+}
+
+func (v *Tokens) refuse(seq uint64, key tokenKey) {
+	v.rejected++
+	if ent := v.byKey[key]; ent != nil {
+		ent.lastSeq = seq
+		ent.quarantined = true
+	}
 }
 
 func (v *Tokens) advance(seq uint64) {
@@ -210,10 +236,13 @@ const (
 	OutcomeRotated   Outcome = "rotated"
 	OutcomeExpired   Outcome = "expired"
 	OutcomeDeleted   Outcome = "deleted"
+	// OutcomeQuarantined: the token's history holds a message the ledger could
+	// not apply, so the ledger will not vouch for it.
+	OutcomeQuarantined Outcome = "quarantined"
 )
 
-// Verdict is what Verify found. Token is set for every outcome but malformed
-// and unknown.
+// Verdict is what Verify found. Token, a copy, is set for every outcome but
+// malformed and unknown.
 type Verdict struct {
 	Outcome Outcome
 	Token   *domain.Token
@@ -234,6 +263,8 @@ func (d Verdict) Reason() string {
 		return "token expired at " + d.Token.ExpiresAt().Format(time.RFC3339)
 	case OutcomeDeleted:
 		return "token was deleted"
+	case OutcomeQuarantined:
+		return "the token's history holds an event the ledger could not apply; it is not trusted until an operator investigates"
 	}
 	return string(d.Outcome)
 }
@@ -248,13 +279,16 @@ func (v *Tokens) Verify(secret string, now time.Time) Verdict {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if ent := v.byHash[h]; ent != nil {
-		if ent.token.Status(now) == domain.StatusExpired {
-			return Verdict{Outcome: OutcomeExpired, Token: ent.token}
+		switch {
+		case ent.quarantined:
+			return Verdict{Outcome: OutcomeQuarantined, Token: ent.token.Clone()}
+		case ent.token.Status(now) == domain.StatusExpired:
+			return Verdict{Outcome: OutcomeExpired, Token: ent.token.Clone()}
 		}
-		return Verdict{Outcome: OutcomeActive, Token: ent.token}
+		return Verdict{Outcome: OutcomeActive, Token: ent.token.Clone()}
 	}
 	if r, ok := v.retired[h]; ok {
-		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token}
+		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token.Clone()}
 	}
 	return Verdict{Outcome: OutcomeUnknown}
 }

@@ -79,7 +79,7 @@ func TestAnEventThatDoesNotContinueItsTokenIsRefusedAndChangesNothing(t *testing
 	v := projections.NewTokens()
 	tok, created, secret := create(t, nil)
 	must(t, v.Apply(1, created))
-	rot1, _, _ := tok.Clone().Rotate(env(t0))
+	rot1, current, _ := tok.Clone().Rotate(env(t0))
 	rot2, _, _ := tok.Clone().Rotate(env(t0)) // also version 2: a fork
 
 	must(t, v.Apply(2, rot1))
@@ -90,8 +90,12 @@ func TestAnEventThatDoesNotContinueItsTokenIsRefusedAndChangesNothing(t *testing
 		t.Fatalf("rejected=%d sequence=%d, want 1 and 3 (seen but refused)", v.Rejected(), v.Sequence())
 	}
 	got, last, _ := v.Get("acme", tok.ID())
-	if got.Version() != 2 || last != 2 {
-		t.Fatalf("token at version %d, last seq %d; want 2 and 2", got.Version(), last)
+	if got.Version() != 2 || last != 3 {
+		t.Fatalf("token at version %d, last seq %d; want version 2 and last seq 3 (the stream's, for the next append)", got.Version(), last)
+	}
+	// The ledger no longer vouches for a token whose history it could not follow.
+	if out := v.Verify(current.Reveal(), t0).Outcome; out != projections.OutcomeQuarantined {
+		t.Fatalf("current secret after a refused event: %s, want quarantined", out)
 	}
 	// An event for a token that was never created is refused too.
 	_, orphanCreated, _ := create(t, nil)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 )
@@ -120,5 +121,22 @@ func TestCLIExitCodesAndPrompts(t *testing.T) {
 	away := cli{t: t, env: map[string]string{"LEDGER_URL": "http://127.0.0.1:1", "LEDGER_API_TOKEN": secret}}
 	if code, _, errOut := away.run("", "token", "list"); code != exitNoReach || strings.Contains(errOut, secret) {
 		t.Fatalf("unreachable: %d %s", code, errOut)
+	}
+}
+
+func TestHealthReportsAViewStuckBehindTheStream(t *testing.T) {
+	w := &lagWatch{}
+	t0 := time.Now()
+	if err := w.check(10, 10, t0); err != nil {
+		t.Fatalf("caught up: %v", err)
+	}
+	if err := w.check(9, 10, t0); err != nil {
+		t.Fatalf("just behind (an event being applied): %v", err)
+	}
+	if err := w.check(9, 12, t0.Add(maxLag+time.Second)); err == nil || !strings.Contains(err.Error(), "3 events behind") {
+		t.Fatalf("stuck behind: %v", err)
+	}
+	if err := w.check(12, 12, t0.Add(maxLag+2*time.Second)); err != nil {
+		t.Fatalf("caught up again: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -143,10 +144,11 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	view := projections.NewTokens()
 	ledger := app.New(store, view)
 	followCtx, stopFollow := context.WithCancel(context.Background())
-	followDone := make(chan error, 1)
+	followDone := make(chan struct{})
 	go func() {
-		followDone <- app.Run(followCtx, store, view, func(err error) {
-			log.Error("event refused by the token view", "error", err)
+		defer close(followDone)
+		app.Run(followCtx, store, view, func(err error) {
+			log.Error("token view", "error", err)
 		})
 	}()
 	closers = append(closers, func() { stopFollow(); <-followDone })
@@ -174,11 +176,18 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		return nil, fmt.Errorf("--http %s: %w", o.httpAddr, err)
 	}
 	n.httpAddr = ln.Addr().String()
+	lag := &lagWatch{}
 	ready := func() error {
 		if !nc.IsConnected() {
 			return errors.New("nats: not connected")
 		}
-		return nil
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		last, err := store.LastSequence(ctx)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Stream, err)
+		}
+		return lag.check(view.Sequence(), last, time.Now())
 	}
 	srv := &http.Server{
 		Handler:           httpapi.NewServer(ledger, log, ready),
@@ -201,6 +210,31 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	log.Info("ledger serving", "http", n.httpAddr, "nats", n.natsClientURL)
 	n.close = func() error { closeAll(); return nil }
 	return n, nil
+}
+
+// lagWatch tells a view that is briefly behind the stream (events just
+// written) from one that is stuck.
+type lagWatch struct {
+	mu     sync.Mutex
+	behind time.Time // when the view was first seen behind; zero: caught up
+}
+
+const maxLag = 5 * time.Second
+
+func (w *lagWatch) check(viewSeq, streamSeq uint64, now time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if viewSeq >= streamSeq {
+		w.behind = time.Time{}
+		return nil
+	}
+	if w.behind.IsZero() {
+		w.behind = now
+	}
+	if now.Sub(w.behind) > maxLag {
+		return fmt.Errorf("token view is %d events behind the stream (at %d of %d) for over %s", streamSeq-viewSeq, viewSeq, streamSeq, maxLag)
+	}
+	return nil
 }
 
 // writeSecretFile writes a secret readable by its owner only. The file is
