@@ -29,23 +29,44 @@ type EmbeddedConfig struct {
 // LedgerUser is the user the ledger logs in as when LedgerPassword is set.
 const LedgerUser = "ledger"
 
+// LedgerInboxPrefix is the ledger connection's inbox prefix
+// (nats.CustomInboxPrefix). Services may neither read nor write under it, so
+// they cannot learn or feed the replies the ledger's own consumers run on.
+const LedgerInboxPrefix = "_LEDGER_INBOX"
+
 // servicePermissions is what an anonymous client of a locked-down server may
-// do: the JetStream API calls a consumer needs, and nothing that writes.
+// do: the JetStream API calls a consumer needs, and nothing that writes to the
+// stream or reaches into the ledger's own traffic. Services cannot list
+// consumer names, so they cannot find the ledger's consumers to pull from or
+// delete them, and cannot watch JetStream API requests, which name them.
+//
+// A stricter split (the ledger and services in separate NATS accounts, the
+// stream exported read-only) is the production answer for an external
+// cluster; see the README.
 func servicePermissions() *server.Permissions {
 	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{
-			"$JS.API.INFO",
-			"$JS.API.STREAM.INFO.*",
-			"$JS.API.STREAM.NAMES",
-			"$JS.API.STREAM.LIST",
-			"$JS.API.STREAM.MSG.GET.*",
-			"$JS.API.DIRECT.GET.>",
-			"$JS.API.CONSUMER.>",
-			"$JS.ACK.>",
-			"$JS.FC.>",
-			"_INBOX.>",
-		}},
-		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		Publish: &server.SubjectPermission{
+			Allow: []string{
+				"$JS.API.INFO",
+				"$JS.API.STREAM.INFO.*",
+				"$JS.API.STREAM.NAMES",
+				"$JS.API.STREAM.LIST",
+				"$JS.API.STREAM.MSG.GET.*",
+				"$JS.API.DIRECT.GET.>",
+				"$JS.API.CONSUMER.>",
+				"$JS.ACK.>",
+				"$JS.FC.>",
+			},
+			Deny: []string{
+				"$JS.API.CONSUMER.LIST.*",
+				"$JS.API.CONSUMER.NAMES.*",
+				LedgerInboxPrefix + ".>",
+			},
+		},
+		Subscribe: &server.SubjectPermission{
+			Allow: []string{">"},
+			Deny:  []string{"$JS.API.>", LedgerInboxPrefix + ".>"},
+		},
 	}
 }
 

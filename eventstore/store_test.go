@@ -315,4 +315,43 @@ func TestALockedDownServerLetsServicesReadButNotWrite(t *testing.T) {
 	if last, _ := st.LastSequence(ctx(t)); last != a.Sequence {
 		t.Fatalf("last sequence %d, want %d: something was written", last, a.Sequence)
 	}
+	// Nor can it find or feed the ledger's own consumers.
+	lctx, lcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer lcancel()
+	names := svcStream(t, sjs).ConsumerNames(lctx)
+	for range names.Name() {
+		t.Fatal("a service listed consumer names")
+	}
+	if names.Err() == nil {
+		t.Fatal("listing consumer names did not fail")
+	}
+	violations := make(chan error, 4)
+	spy, err := nats.Connect(ns.ClientURL(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	_ = spy.Publish(eventstore.LedgerInboxPrefix+".abc", []byte("garbage"))
+	_, _ = spy.Subscribe("$JS.API.>", func(*nats.Msg) {})
+	_, _ = spy.Subscribe(eventstore.LedgerInboxPrefix+".>", func(*nats.Msg) {})
+	_ = spy.Flush()
+	for i := range 3 {
+		select {
+		case err := <-violations:
+			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Fatalf("unexpected error: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of 3 forbidden operations were refused", i)
+		}
+	}
+}
+
+func svcStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	s, err := js.Stream(ctx(t), "TOKENS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -114,7 +114,8 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		}
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		n.natsClientURL = ns.ClientURL()
-		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password))
+		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password),
+			nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
 	} else {
 		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1))
 	}
