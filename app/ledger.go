@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -26,17 +27,19 @@ var ErrUnauthenticated = errors.New("unauthenticated: missing, malformed, unknow
 // succeed if retried once NATS answers again.
 var ErrUnavailable = errors.New("event store unavailable")
 
-// ForbiddenError says which permission rule denied a request.
-type ForbiddenError struct{ Rule string }
+// ForbiddenError says which permission rule denied a request, and on which
+// field of the request (the caller's token is "Authorization").
+type ForbiddenError struct{ Field, Rule string }
 
-func (e *ForbiddenError) Error() string { return "forbidden: " + e.Rule }
+func (e *ForbiddenError) Error() string { return "forbidden: " + e.Field + ": " + e.Rule }
 
 // Ledger runs commands and queries.
 type Ledger struct {
-	store *eventstore.Store
-	view  *projections.Tokens
-	now   func() time.Time
-	rand  io.Reader
+	store      *eventstore.Store
+	view       *projections.Tokens
+	now        func() time.Time
+	rand       io.Reader
+	ownerLocks sync.Map // organization id -> *sync.Mutex
 	// readWait bounds how long a command or query waits for the view to reach a
 	// sequence it was promised.
 	readWait time.Duration
@@ -87,7 +90,7 @@ func (l *Ledger) Authenticate(secret string) (*domain.Token, error) {
 // may do everything in its own organization and nothing elsewhere.
 func authorize(c Caller) error {
 	if c.Token.Role() != domain.RoleOrganizationOwner {
-		return &ForbiddenError{Rule: fmt.Sprintf("role %s may not manage tokens; %s required", c.Token.Role(), domain.RoleOrganizationOwner)}
+		return &ForbiddenError{Field: "Authorization", Rule: fmt.Sprintf("role %s may not manage tokens; %s required", c.Token.Role(), domain.RoleOrganizationOwner)}
 	}
 	return nil
 }
@@ -180,7 +183,7 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if cmd.OrganizationID == "" {
 		cmd.OrganizationID = c.org()
 	} else if cmd.OrganizationID != c.org() {
-		return Result{}, &ForbiddenError{Rule: "organization_id: a token acts only in its own organization (" + c.org() + ")"}
+		return Result{}, &ForbiddenError{Field: "organization_id", Rule: "a token acts only in its own organization (" + c.org() + ")"}
 	}
 	if err := checkKey(idempotencyKey); err != nil {
 		return Result{}, err
@@ -267,30 +270,47 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 	if !changed {
 		return Result{Token: tok, Sequence: last}, nil
 	}
-	if err := l.keepAnOwner(c, tok, next); err != nil {
-		return Result{}, err
+	if tok.Role() == domain.RoleOrganizationOwner {
+		// Serialise owner changes in an organization, so two owners removing
+		// each other at once cannot both pass the check below.
+		mu := l.ownerLock(c.org())
+		mu.Lock()
+		defer mu.Unlock()
+		if err := l.keepAnOwner(c, tok, next); err != nil {
+			return Result{}, err
+		}
 	}
 	return l.append(ctx, c, e, next, last, secret)
 }
 
-// keepAnOwner refuses an event that would leave the organization without an
-// active ORGANIZATION_OWNER token: nobody could manage it any more, and the
-// bootstrap token is only made for an empty stream. (Two owners removing each
-// other at the same instant can still race past this check.)
+// keepAnOwner refuses a change that would leave the organization without an
+// active ORGANIZATION_OWNER token that never expires: nobody could manage it
+// any more, and the bootstrap token is only made for an empty stream. The
+// check holds within one ledger process (see ownerLock); ledgers sharing a
+// stream could still race past it.
 func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
-	if before.Role() != domain.RoleOrganizationOwner || before.Status(l.now()) != domain.StatusActive {
-		return nil
-	}
 	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
 		return nil
 	}
 	now := l.now()
 	for _, t := range l.view.List(c.org()) {
-		if t.ID() != before.ID() && t.Role() == domain.RoleOrganizationOwner && t.Status(now) == domain.StatusActive {
+		if t.Token.ID() != before.ID() && lastingOwner(t.Token, now) {
 			return nil
 		}
 	}
-	return &domain.StateError{Field: "token_id", Rule: "this is the organization's last active ORGANIZATION_OWNER token; create another owner first"}
+	if !lastingOwner(before, now) {
+		return nil // there was no lasting owner to lose
+	}
+	return &domain.StateError{Field: "token_id", Rule: "this is the organization's last active ORGANIZATION_OWNER token that never expires; create another first"}
+}
+
+func lastingOwner(t *domain.Token, now time.Time) bool {
+	return t.Role() == domain.RoleOrganizationOwner && t.Status(now) == domain.StatusActive && t.ExpiresAt().IsZero()
+}
+
+func (l *Ledger) ownerLock(org string) *sync.Mutex {
+	mu, _ := l.ownerLocks.LoadOrStore(org, &sync.Mutex{})
+	return mu.(*sync.Mutex)
 }
 
 // replayed answers a command whose idempotency key the view has already seen.
@@ -398,7 +418,7 @@ func checkKey(key string) error {
 func (l *Ledger) get(c Caller, id string) (*domain.Token, uint64, error) {
 	tok, last, ok := l.view.Get(c.org(), id)
 	if !ok {
-		return nil, 0, fmt.Errorf("token_id: no token %q in organization %s: %w", clip(id), c.org(), domain.ErrNotFound)
+		return nil, 0, &domain.NotFoundError{Field: "token_id", Rule: fmt.Sprintf("no token %q in organization %s", clip(id), c.org())}
 	}
 	return tok, last, nil
 }
@@ -410,22 +430,22 @@ func clip(s string) string {
 	return s
 }
 
-// GetToken returns one token of the caller's organization. minSeq, when set,
-// makes the read wait until the view has reached it.
-func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint64) (*domain.Token, error) {
+// GetToken returns one token of the caller's organization and the stream
+// sequence of its last event. minSeq, when set, makes the read wait until the
+// view has reached it.
+func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint64) (*domain.Token, uint64, error) {
 	if err := authorize(c); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := l.waitForRead(ctx, minSeq); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	tok, _, err := l.get(c, id)
-	return tok, err
+	return l.get(c, id)
 }
 
 // ListTokens returns the caller's organization's tokens, oldest first, and the
 // stream sequence the list reflects (at least).
-func (l *Ledger) ListTokens(ctx context.Context, c Caller, minSeq uint64) ([]*domain.Token, uint64, error) {
+func (l *Ledger) ListTokens(ctx context.Context, c Caller, minSeq uint64) ([]projections.Listed, uint64, error) {
 	if err := authorize(c); err != nil {
 		return nil, 0, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func TestATokenExpiresByTheClockWithoutAnEvent(t *testing.T) {
 	if err != nil || v.Outcome != projections.OutcomeExpired {
 		t.Fatalf("verify expired = %v, %v", v.Outcome, err)
 	}
-	tok, err := l.GetToken(ctx, owner, res.Token.ID(), 0)
+	tok, _, err := l.GetToken(ctx, owner, res.Token.ID(), 0)
 	if err != nil || tok.Status(clk.Now()) != domain.StatusExpired {
 		t.Fatalf("status after expiry = %v, %v", tok.Status(clk.Now()), err)
 	}
@@ -134,21 +135,34 @@ func TestAViewRebuiltFromTheStreamEqualsTheLiveOne(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
 	l, store, owner := newLedger(t, clk)
 	ctx := context.Background()
+	must := func(_ app.Result, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	days := 30
 	for i := range 5 {
-		res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "organization", Name: "t"}, "")
+		res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "organization", Name: "t", ExpirationDays: &days}, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		id := res.Token.ID()
-		l.AssignToken(ctx, owner, id, "ws1", "WORKSPACE_OWNER", "")
+		clk.Advance(time.Minute)
+		must(l.AssignToken(ctx, owner, id, "ws1", "WORKSPACE_OWNER", ""))
+		must(l.UpdateToken(ctx, owner, id, domain.UpdateToken{Name: ptr("renamed"), Role: ptr("ORGANIZATION_BILLING_ADMIN")}, ""))
 		if i%2 == 0 {
-			l.RotateToken(ctx, owner, id, "")
+			clk.Advance(time.Minute)
+			must(l.RotateToken(ctx, owner, id, ""))
 		}
 		if i == 3 {
-			l.DeleteToken(ctx, owner, id, "")
+			must(l.DeleteToken(ctx, owner, id, ""))
 		}
 	}
-	live, _, _ := l.ListTokens(ctx, owner, 0)
+	live, _, err := l.ListTokens(ctx, owner, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	rebuilt := projections.NewTokens()
 	rctx, cancel := context.WithCancel(ctx)
@@ -159,16 +173,26 @@ func TestAViewRebuiltFromTheStreamEqualsTheLiveOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := rebuilt.List("acme")
-	if len(again) != len(live) {
-		t.Fatalf("rebuilt %d tokens, live %d", len(again), len(live))
+	if len(again) != len(live) || len(live) != 6 {
+		t.Fatalf("rebuilt %d tokens, live %d, want 6", len(again), len(live))
 	}
 	for i := range live {
-		a, b := live[i], again[i]
-		if a.ID() != b.ID() || a.Version() != b.Version() || a.SecretHash() != b.SecretHash() || a.Deleted() != b.Deleted() || len(a.WorkspaceRoles()) != len(b.WorkspaceRoles()) {
-			t.Fatalf("token %s differs after rebuild", a.ID())
+		if a, b := state(live[i]), state(again[i]); a != b {
+			t.Fatalf("token differs after rebuild:\nlive    %s\nrebuilt %s", a, b)
 		}
 	}
 }
+
+// state renders everything the view knows about a token.
+func state(l projections.Listed) string {
+	t := l.Token
+	return fmt.Sprintf("%d %s %s %s %s %s %q %q %s %v %d %v %v %v %v %v %d %s %s",
+		l.Sequence, t.ID(), t.OrganizationID(), t.Scope(), t.WorkspaceID(), t.DeploymentID(), t.Name(), t.Description(), t.Role(),
+		t.WorkspaceRoles(), t.ExpirationDays(), t.ExpiresAt(), t.CreatedAt(), t.UpdatedAt(), t.RotatedAt(), t.DeletedAt(),
+		t.Version(), t.SecretHash(), t.Fingerprint())
+}
+
+func ptr(s string) *string { return &s }
 
 func TestAMessageThatIsNotAnEventIsSkippedAndItsTokenStaysManageable(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}

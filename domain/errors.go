@@ -15,6 +15,16 @@ var (
 	ErrDeleted = errors.New("token is deleted")
 )
 
+// NotFoundError: the thing a field names does not exist (for this caller).
+// errors.Is(err, ErrNotFound) holds for it.
+type NotFoundError struct {
+	Field string
+	Rule  string
+}
+
+func (e *NotFoundError) Error() string        { return e.Field + ": " + e.Rule }
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
 // FieldError names one field and the rule its value broke.
 type FieldError struct {
 	Field string `json:"field"`

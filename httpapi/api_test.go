@@ -145,6 +145,7 @@ func TestBadInputIsRefusedWithTheFieldAndRuleAndWritesNothing(t *testing.T) {
 	wsTok := h.create(httpapi.CreateRequest{Scope: "workspace", WorkspaceID: "ws1", Name: "ws bot"})
 	member := orgTok.Secret
 
+	h.create(httpapi.CreateRequest{Scope: "organization", Name: "temp owner", Role: "ORGANIZATION_OWNER", ExpirationDays: intp(7)})
 	globexOwner := h.ownerOf("globex")
 	globexTok, err := h.client(globexOwner).CreateToken(ctxT(t), httpapi.CreateRequest{Scope: "organization", Name: "globex bot"}, "")
 	if err != nil {
@@ -178,19 +179,19 @@ func TestBadInputIsRefusedWithTheFieldAndRuleAndWritesNothing(t *testing.T) {
 		{"invalid UTF-8", "POST", "/v1/tokens", "{\"scope\":\"organization\",\"name\":\"a\xff\"}", "", nil, 400, "body"},
 		{"body over 1 MiB", "POST", "/v1/tokens", `{"scope":"organization","name":"a","description":"` + strings.Repeat("d", 1<<20) + `"}`, "", nil, 413, "body"},
 		{"not JSON content type", "POST", "/v1/tokens", `{"scope":"organization","name":"a"}`, "", map[string]string{"Content-Type": "text/plain"}, 415, "Content-Type"},
-		{"other organization in body", "POST", "/v1/tokens", `{"organization_id":"globex","scope":"organization","name":"a"}`, "", nil, 403, ""},
-		{"unknown token id", "PATCH", "/v1/tokens/tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", `{"name":"b"}`, "", nil, 404, ""},
+		{"other organization in body", "POST", "/v1/tokens", `{"organization_id":"globex","scope":"organization","name":"a"}`, "", nil, 403, "organization_id"},
+		{"unknown token id", "PATCH", "/v1/tokens/tok_aaaaaaaaaaaaaaaaaaaaaaaaaa", `{"name":"b"}`, "", nil, 404, "token_id"},
 		{"path trick in id", "POST", "/v1/tokens/..%2F..%2Fetc/rotate", ``, "", nil, 404, ""},
-		{"another organization's token", "POST", "/v1/tokens/" + globexTok.ID + "/rotate", ``, "", nil, 404, ""},
-		{"acme's token by another organization's owner", "DELETE", "/v1/tokens/" + orgTok.ID, ``, globexOwner, nil, 404, ""},
-		{"another organization's token, read", "GET", "/v1/tokens/" + globexTok.ID, ``, "", nil, 404, ""},
+		{"another organization's token", "POST", "/v1/tokens/" + globexTok.ID + "/rotate", ``, "", nil, 404, "token_id"},
+		{"acme's token by another organization's owner", "DELETE", "/v1/tokens/" + orgTok.ID, ``, globexOwner, nil, 404, "token_id"},
+		{"another organization's token, read", "GET", "/v1/tokens/" + globexTok.ID, ``, "", nil, 404, "token_id"},
 		{"update with nothing to change", "PATCH", "/v1/tokens/" + wsTok.ID, `{}`, "", nil, 400, "name"},
 		{"update to a role not fitting", "PATCH", "/v1/tokens/" + wsTok.ID, `{"role":"ORGANIZATION_OWNER"}`, "", nil, 400, "role"},
 		{"assign a workspace token", "PUT", "/v1/tokens/" + wsTok.ID + "/workspaces/ws2", `{"role":"WORKSPACE_MEMBER"}`, "", nil, 400, "token_id"},
 		{"assign an organization role", "PUT", "/v1/tokens/" + orgTok.ID + "/workspaces/ws2", `{"role":"ORGANIZATION_OWNER"}`, "", nil, 400, "role"},
 		{"assign to a bad workspace id", "PUT", "/v1/tokens/" + orgTok.ID + "/workspaces/a.b", `{"role":"WORKSPACE_MEMBER"}`, "", nil, 400, "workspace_id"},
 		{"unassign a workspace not assigned", "DELETE", "/v1/tokens/" + orgTok.ID + "/workspaces/ws9", ``, "", nil, 409, "workspace_id"},
-		{"a member may not create", "POST", "/v1/tokens", `{"scope":"organization","name":"a"}`, member, nil, 403, ""},
+		{"a member may not create", "POST", "/v1/tokens", `{"scope":"organization","name":"a"}`, member, nil, 403, "Authorization"},
 		{"idempotency key with spaces", "POST", "/v1/tokens", `{"scope":"organization","name":"a"}`, "", map[string]string{"Idempotency-Key": "a b"}, 400, "idempotency_key"},
 		{"bad min_sequence", "GET", "/v1/tokens?min_sequence=-1", ``, "", nil, 400, "min_sequence"},
 		{"no such route", "POST", "/v1/tokens/x/explode", ``, "", nil, 404, ""},
@@ -199,6 +200,7 @@ func TestBadInputIsRefusedWithTheFieldAndRuleAndWritesNothing(t *testing.T) {
 		{"min_sequence beyond the stream", "GET", "/v1/tokens?min_sequence=999999", ``, "", nil, 400, "min_sequence"},
 		{"delete the last owner", "DELETE", "/v1/tokens/" + h.ownerID, ``, "", nil, 409, "token_id"},
 		{"demote the last owner", "PATCH", "/v1/tokens/" + h.ownerID, `{"role":"ORGANIZATION_MEMBER"}`, "", nil, 409, "token_id"},
+		{"delete the last lasting owner while an expiring one remains", "DELETE", "/v1/tokens/" + h.ownerID, ``, "", nil, 409, "token_id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

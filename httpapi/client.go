@@ -13,7 +13,8 @@ import (
 )
 
 // Client calls the ledger's API with one bearer token. Errors the server
-// answered with are *Problem.
+// answered with are *Problem; a ledger that cannot be reached or does not
+// answer like one is an *UnreachableError.
 type Client struct {
 	BaseURL string
 	Token   string
@@ -26,6 +27,15 @@ type Client struct {
 func NewClient(baseURL, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}, UserAgent: "ledger-cli"}
 }
+
+// UnreachableError: no usable answer came from the ledger.
+type UnreachableError struct {
+	URL string
+	Err error
+}
+
+func (e *UnreachableError) Error() string { return fmt.Sprintf("ledger at %s: %v", e.URL, e.Err) }
+func (e *UnreachableError) Unwrap() error { return e.Err }
 
 func (c *Client) do(ctx context.Context, method, path string, body any, header http.Header, out any) error {
 	var rd io.Reader
@@ -52,12 +62,12 @@ func (c *Client) do(ctx context.Context, method, path string, body any, header h
 	req.Header.Set("User-Agent", c.UserAgent)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("ledger at %s: %w", c.BaseURL, err)
+		return &UnreachableError{URL: c.BaseURL, Err: err}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("ledger at %s: read answer: %w", c.BaseURL, err)
+		return &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("read answer: %w", err)}
 	}
 	if resp.StatusCode >= 400 {
 		p := &Problem{}
@@ -70,7 +80,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, header h
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("ledger at %s: decode answer: %w", c.BaseURL, err)
+		return &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("decode answer: %w", err)}
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
@@ -46,6 +45,7 @@ func problemFor(err error) *Problem {
 		verr *domain.ValidationError
 		serr *domain.StateError
 		ferr *app.ForbiddenError
+		nerr *domain.NotFoundError
 		maxb *http.MaxBytesError
 		prob *Problem
 	)
@@ -57,9 +57,9 @@ func problemFor(err error) *Problem {
 	case errors.Is(err, app.ErrUnauthenticated):
 		return unauthenticated
 	case errors.As(err, &ferr):
-		return &Problem{Type: problemBase + "forbidden", Title: "Forbidden", Status: http.StatusForbidden, Detail: ferr.Error()}
-	case errors.Is(err, domain.ErrNotFound):
-		return &Problem{Type: problemBase + "not-found", Title: "Not found", Status: http.StatusNotFound, Detail: strings.TrimSuffix(err.Error(), ": "+domain.ErrNotFound.Error())}
+		return &Problem{Type: problemBase + "forbidden", Title: "Forbidden", Status: http.StatusForbidden, Detail: ferr.Error(), Errors: []domain.FieldError{{Field: ferr.Field, Rule: ferr.Rule}}}
+	case errors.As(err, &nerr):
+		return &Problem{Type: problemBase + "not-found", Title: "Not found", Status: http.StatusNotFound, Detail: nerr.Error(), Errors: []domain.FieldError{{Field: nerr.Field, Rule: nerr.Rule}}}
 	case errors.Is(err, domain.ErrDeleted):
 		return &Problem{Type: problemBase + "deleted", Title: "Token deleted", Status: http.StatusConflict, Detail: err.Error() + "; it accepts no further command"}
 	case errors.As(err, &serr):

@@ -353,7 +353,8 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, c app.Caller
 	now := s.ledger.Now()
 	out := TokenList{Tokens: make([]Token, len(toks)), Sequence: seq}
 	for i, t := range toks {
-		out.Tokens[i] = tokenJSON(t, now)
+		out.Tokens[i] = tokenJSON(t.Token, now)
+		out.Tokens[i].Sequence = t.Sequence
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -364,11 +365,13 @@ func (s *Server) getToken(w http.ResponseWriter, r *http.Request, c app.Caller) 
 	if err != nil {
 		return err
 	}
-	tok, err := s.ledger.GetToken(r.Context(), c, r.PathValue("id"), min)
+	tok, seq, err := s.ledger.GetToken(r.Context(), c, r.PathValue("id"), min)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, tokenJSON(tok, s.ledger.Now()))
+	out := tokenJSON(tok, s.ledger.Now())
+	out.Sequence = seq
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -30,8 +30,9 @@ type Token struct {
 	Status         domain.Status     `json:"status"`
 	Version        uint64            `json:"version"`
 	Fingerprint    string            `json:"fingerprint"`
-	// Sequence is the stream sequence the answer reflects; pass it as
-	// min_sequence to a later read to be sure it sees this write.
+	// Sequence is the stream sequence the answer reflects: the command's for a
+	// command, the token's last event's for a read. Pass it as min_sequence to
+	// a later read to be sure it sees at least this.
 	Sequence uint64 `json:"sequence,omitempty"`
 	// Secret is the token itself, shown once.
 	Secret string `json:"token,omitempty"`

@@ -197,22 +197,28 @@ func (v *Tokens) Get(org, id string) (*domain.Token, uint64, bool) {
 	return ent.token.Clone(), ent.lastSeq, true
 }
 
-// List returns org's tokens, oldest first, deleted ones included (callers
-// filter by status).
-func (v *Tokens) List(org string) []*domain.Token {
+// Listed is a token with the stream sequence of its last event.
+type Listed struct {
+	Token    *domain.Token
+	Sequence uint64
+}
+
+// List returns copies of org's tokens, oldest first, deleted ones included
+// (callers filter by status).
+func (v *Tokens) List(org string) []Listed {
 	v.mu.RLock()
-	out := make([]*domain.Token, 0)
+	out := make([]Listed, 0)
 	for k, ent := range v.byKey {
 		if k.org == org {
-			out = append(out, ent.token.Clone())
+			out = append(out, Listed{Token: ent.token.Clone(), Sequence: ent.lastSeq})
 		}
 	}
 	v.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *domain.Token) int {
-		if c := a.CreatedAt().Compare(b.CreatedAt()); c != 0 {
+	slices.SortFunc(out, func(a, b Listed) int {
+		if c := a.Token.CreatedAt().Compare(b.Token.CreatedAt()); c != 0 {
 			return c
 		}
-		return strings.Compare(a.ID(), b.ID())
+		return strings.Compare(a.Token.ID(), b.Token.ID())
 	})
 	return out
 }

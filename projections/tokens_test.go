@@ -152,13 +152,13 @@ func TestListIsPerOrganizationOldestFirstAndHandsOutCopies(t *testing.T) {
 	if len(list) != 3 {
 		t.Fatalf("acme has %d tokens, want 3", len(list))
 	}
-	for i, tok := range list {
-		if tok.ID() != ids[i] {
-			t.Fatalf("list[%d] = %s, want %s (oldest first)", i, tok.ID(), ids[i])
+	for i, l := range list {
+		if l.Token.ID() != ids[i] || l.Sequence != uint64(i+1) {
+			t.Fatalf("list[%d] = %s at %d, want %s at %d (oldest first)", i, l.Token.ID(), l.Sequence, ids[i], i+1)
 		}
 	}
 	// Changing a copy must not change the view.
-	if _, _, err := list[0].Rotate(env(t0)); err != nil {
+	if _, _, err := list[0].Token.Rotate(env(t0)); err != nil {
 		t.Fatal(err)
 	}
 	again, _, _ := v.Get("acme", ids[0])

@@ -113,6 +113,14 @@ func TestCLIExitCodesAndPrompts(t *testing.T) {
 	if code, _, _ := c.run("", "serve", "--nats-listen", "127.0.0.1:1", "--nats-url", "nats://x"); code != exitUsage {
 		t.Fatalf("--nats-listen with --nats-url: %d", code)
 	}
+	for _, args := range [][]string{
+		{"tokn", "list"}, {"token", "frob"}, {"token", "list", "extra"}, {"serve", "extra"},
+		{"token", "assign", "tok_x", "--role", "WORKSPACE_MEMBER"}, {"token", "create", "--bogus"},
+	} {
+		if code, _, _ := c.run("", args...); code != exitUsage {
+			t.Errorf("ledger %s: exit %d, want %d", strings.Join(args, " "), code, exitUsage)
+		}
+	}
 	noToken := cli{t: t, env: map[string]string{"LEDGER_URL": url}}
 	if code, _, errOut := noToken.run("", "token", "list"); code != exitUsage || !strings.Contains(errOut, "LEDGER_API_TOKEN") {
 		t.Fatalf("without LEDGER_API_TOKEN: %d %s", code, errOut)

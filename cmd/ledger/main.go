@@ -53,8 +53,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitOK
 	}
 	var (
-		ee   *exitError
-		prob *httpapi.Problem
+		ee    *exitError
+		prob  *httpapi.Problem
+		unrea *httpapi.UnreachableError
 	)
 	switch {
 	case errors.As(err, &ee):
@@ -72,29 +73,39 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			fmt.Fprintf(stderr, "  %s: %s\n", fe.Field, fe.Rule)
 		}
 		return exitFailed
-	case isUsage(err):
-		fmt.Fprintf(stderr, "error: %v\nRun 'ledger --help' for usage.\n", err)
-		return exitUsage
+	case errors.As(err, &unrea):
+		fmt.Fprintf(stderr, "error: %v\n", err)
+		return exitNoReach
 	}
-	fmt.Fprintf(stderr, "error: %v\n", err)
-	return exitNoReach
+	// What is left comes from the command line itself: unknown commands,
+	// missing or extra arguments, bad or missing flags.
+	fmt.Fprintf(stderr, "error: %v\nRun 'ledger --help' for usage.\n", err)
+	return exitUsage
 }
 
 // usageError marks errors about the command line itself.
 type usageError struct{ error }
 
-func isUsage(err error) bool {
-	var u usageError
-	return errors.As(err, &u)
+// groupCmd is a command that only holds subcommands: run bare, it shows its
+// help; with an unknown subcommand it is a usage error (cobra would otherwise
+// print the help and exit 0).
+func groupCmd(use, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+			}
+			return cmd.Help()
+		},
+	}
 }
 
 func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
-	root := &cobra.Command{
-		Use:           "ledger",
-		Short:         "TokenLedger: an event-sourced ledger of API tokens on NATS JetStream",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
+	root := groupCmd("ledger", "TokenLedger: an event-sourced ledger of API tokens on NATS JetStream")
+	root.SilenceUsage, root.SilenceErrors = true, true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(stdout, stderr))
 	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv))

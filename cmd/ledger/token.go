@@ -51,7 +51,7 @@ func printJSON(w io.Writer, v any) error {
 }
 
 func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Create, inspect and manage API tokens"}
+	cmd := groupCmd("token", "Create, inspect and manage API tokens")
 	// Each subcommand gets a fresh client from the environment when it runs.
 	withClient := func(f func(cmd *cobra.Command, args []string, c *httpapi.Client) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
