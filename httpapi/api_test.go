@@ -383,10 +383,19 @@ func TestSecretsAppearInNoStoredByteAndNoLogLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Use both secrets in every way a log could catch them.
+	// Use both secrets in every way a log or an event could catch them: as a
+	// stale bearer, in a path, as a request id, in the user agent, as a method,
+	// as an idempotency key.
 	h.raw("GET", "/v1/tokens", tok.Secret, nil, nil)
 	h.raw("GET", "/v1/tokens/"+rot.Secret, h.owner, nil, nil)
+	h.raw("GET", "/v1/tokens/x"+rot.Secret[:30]+"/"+strings.Repeat("a", 190)+rot.Secret, h.owner, nil, nil)
 	c.Verify(ctxT(t), rot.Secret)
+	h.raw("POST", "/v1/tokens", h.owner, strings.NewReader(`{"scope":"organization","name":"n"}`),
+		map[string]string{"X-Request-Id": rot.Secret, "User-Agent": "curl " + rot.Secret})
+	h.raw(rot.Secret, "/v1/tokens", h.owner, nil, nil)
+	if status, _, body := h.raw("POST", "/v1/tokens/"+tok.ID+"/rotate", h.owner, nil, map[string]string{"Idempotency-Key": rot.Secret}); status != 400 || !bytes.Contains(body, []byte("idempotency_key")) {
+		t.Fatalf("a secret as idempotency key: %d %s", status, body)
+	}
 
 	secrets := []string{h.owner, tok.Secret, rot.Secret}
 	for _, s := range secrets {

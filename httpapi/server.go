@@ -95,7 +95,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("panic serving request", "request_id", id, "panic_type", fmt.Sprintf("%T", p))
 			writeProblem(rec, r, &Problem{Type: problemBase + "internal", Title: "Internal error", Status: http.StatusInternalServerError, Detail: "internal error; quote the request id when reporting it"})
 		}
-		s.log.Info("http request", "request_id", id, "method", r.Method, "path", clipPath(r.URL.Path),
+		s.log.Info("http request", "request_id", id, "method", clipPath(r.Method), "path", clipPath(r.URL.Path),
 			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 	}()
 	s.mux.ServeHTTP(rec, r)
@@ -119,7 +119,7 @@ func requestID(ctx context.Context) string {
 }
 
 func validRequestID(id string) bool {
-	if id == "" || len(id) > 64 {
+	if id == "" || len(id) > 64 || secretLike.MatchString(id) {
 		return false
 	}
 	for _, c := range id {
@@ -140,10 +140,11 @@ func newRequestID() string {
 // with anything shaped like a secret (a caller may paste one into a URL by
 // mistake) redacted.
 func clipPath(p string) string {
+	p = secretLike.ReplaceAllString(strings.ToValidUTF8(p, "?"), "[REDACTED]")
 	if len(p) > 200 {
-		p = p[:200] + "..."
+		p = strings.ToValidUTF8(p[:200], "") + "..."
 	}
-	return secretLike.ReplaceAllString(strings.ToValidUTF8(p, "?"), "[REDACTED]")
+	return p
 }
 
 var secretLike = regexp.MustCompile(`tl[owd]_[0-9A-Za-z]{20,}`)
@@ -198,8 +199,10 @@ func sourceIP(r *http.Request) string {
 	return host
 }
 
+// clipHeader makes a header value safe to store in an event: valid UTF-8,
+// anything shaped like a secret redacted, at most 256 characters.
 func clipHeader(v string) string {
-	v = strings.ToValidUTF8(v, "?")
+	v = secretLike.ReplaceAllString(strings.ToValidUTF8(v, "?"), "[REDACTED]")
 	if utf8.RuneCountInString(v) > 256 {
 		v = string([]rune(v)[:256])
 	}
@@ -290,7 +293,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func idempotencyKey(r *http.Request) string { return r.Header.Get("Idempotency-Key") }
+// idempotencyKey reads the Idempotency-Key header. The key is stored in the
+// event, so one shaped like a secret is refused rather than kept.
+func idempotencyKey(r *http.Request) (string, error) {
+	key := r.Header.Get("Idempotency-Key")
+	if secretLike.MatchString(key) {
+		return "", domain.Invalid("idempotency_key", "looks like a token secret; use a random value of your own")
+	}
+	return key, nil
+}
 
 // minSequence reads ?min_sequence=N: the read waits until the view has it.
 func minSequence(r *http.Request) (uint64, error) {
@@ -321,6 +332,10 @@ func (s *Server) commandAnswer(w http.ResponseWriter, res app.Result, created bo
 }
 
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
 	var req CreateRequest
 	if err := decode(r, &req); err != nil {
 		return err
@@ -334,7 +349,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c app.Calle
 		Description:    req.Description,
 		Role:           req.Role,
 		ExpirationDays: req.ExpirationDays,
-	}, idempotencyKey(r))
+	}, key)
 	if err != nil {
 		return err
 	}
@@ -376,11 +391,15 @@ func (s *Server) getToken(w http.ResponseWriter, r *http.Request, c app.Caller) 
 }
 
 func (s *Server) updateToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
 	var req UpdateRequest
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	res, err := s.ledger.UpdateToken(r.Context(), c, r.PathValue("id"), domain.UpdateToken{Name: req.Name, Description: req.Description, Role: req.Role}, idempotencyKey(r))
+	res, err := s.ledger.UpdateToken(r.Context(), c, r.PathValue("id"), domain.UpdateToken{Name: req.Name, Description: req.Description, Role: req.Role}, key)
 	if err != nil {
 		return err
 	}
@@ -388,7 +407,11 @@ func (s *Server) updateToken(w http.ResponseWriter, r *http.Request, c app.Calle
 }
 
 func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
-	res, err := s.ledger.RotateToken(r.Context(), c, r.PathValue("id"), idempotencyKey(r))
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.RotateToken(r.Context(), c, r.PathValue("id"), key)
 	if err != nil {
 		return err
 	}
@@ -396,11 +419,15 @@ func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, c app.Calle
 }
 
 func (s *Server) assignToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
 	var req AssignRequest
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	res, err := s.ledger.AssignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), req.Role, idempotencyKey(r))
+	res, err := s.ledger.AssignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), req.Role, key)
 	if err != nil {
 		return err
 	}
@@ -408,7 +435,11 @@ func (s *Server) assignToken(w http.ResponseWriter, r *http.Request, c app.Calle
 }
 
 func (s *Server) unassignToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
-	res, err := s.ledger.UnassignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), idempotencyKey(r))
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.UnassignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), key)
 	if err != nil {
 		return err
 	}
@@ -416,7 +447,11 @@ func (s *Server) unassignToken(w http.ResponseWriter, r *http.Request, c app.Cal
 }
 
 func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c app.Caller) error {
-	res, err := s.ledger.DeleteToken(r.Context(), c, r.PathValue("id"), idempotencyKey(r))
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.DeleteToken(r.Context(), c, r.PathValue("id"), key)
 	if err != nil {
 		return err
 	}
