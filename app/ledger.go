@@ -474,22 +474,30 @@ func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projectio
 }
 
 // Bootstrap creates the first ORGANIZATION_OWNER token, named "bootstrap", if
-// the stream is empty. It returns the secret only when it created the token;
-// when several ledgers start on one empty stream, exactly one does.
-func (l *Ledger) Bootstrap(ctx context.Context, org string) (*domain.Token, domain.Secret, error) {
+// the stream is empty. save, if not nil, must store the secret durably before
+// the token exists: once the event is in the stream no second bootstrap will
+// run, so a secret lost after that would lock the organization out. Bootstrap
+// returns the token and secret only when it created the token; when several
+// ledgers start on one empty stream, exactly one does.
+func (l *Ledger) Bootstrap(ctx context.Context, org string, save func(domain.Secret) error) (*domain.Token, domain.Secret, error) {
 	last, err := l.store.LastSequence(ctx)
 	if err != nil || last > 0 {
 		return nil, domain.Secret{}, err
 	}
-	_, e, secret, err := domain.Create(domain.CreateToken{
+	tok, e, secret, err := domain.Create(domain.CreateToken{
 		OrganizationID: org,
 		Scope:          string(domain.ScopeOrganization),
 		Name:           "bootstrap",
-		Description:    "created by the ledger's first start; rotate or delete it once you have your own owner token",
+		Description:    "created by the ledger's first start; rotate it, or delete it once you have another owner token",
 		Role:           string(domain.RoleOrganizationOwner),
 	}, domain.Env{Now: l.now(), Rand: l.rand, Actor: domain.Actor{TokenID: domain.SystemActor}})
 	if err != nil {
 		return nil, domain.Secret{}, fmt.Errorf("bootstrap token: %w", err)
+	}
+	if save != nil {
+		if err := save(secret); err != nil {
+			return nil, domain.Secret{}, fmt.Errorf("bootstrap token: save secret: %w", err)
+		}
 	}
 	ap, err := l.store.AppendIfEmpty(ctx, e)
 	if err != nil {
@@ -498,9 +506,13 @@ func (l *Ledger) Bootstrap(ctx context.Context, org string) (*domain.Token, doma
 		}
 		return nil, domain.Secret{}, fmt.Errorf("bootstrap token: %w", err)
 	}
-	if err := l.waitFor(ctx, ap.Sequence); err != nil {
-		return nil, domain.Secret{}, err
-	}
-	tok, _, _ := l.view.Get(org, e.TokenID)
+	_ = l.waitFor(ctx, ap.Sequence)
 	return tok, secret, nil
+}
+
+// Vouches reports whether secret is an active token now; serve uses it to
+// recover a bootstrap secret saved just before a crash.
+func (l *Ledger) Vouches(secret string) bool {
+	_, err := l.Authenticate(secret)
+	return err == nil
 }

@@ -39,7 +39,7 @@ func newLedger(t *testing.T, clk *clock) (*app.Ledger, *eventstore.Store, app.Ca
 	done := make(chan struct{})
 	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
-	owner, _, err := l.Bootstrap(context.Background(), "acme")
+	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || owner == nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
@@ -122,12 +122,60 @@ func TestEventsRecordWhoActedWhenAndThroughWhichRequest(t *testing.T) {
 	}
 }
 
-func TestBootstrapHappensOnceOnAnEmptyStream(t *testing.T) {
-	clk := &clock{now: time.Now()}
-	l, _, _ := newLedger(t, clk)
-	tok, secret, err := l.Bootstrap(context.Background(), "acme")
-	if err != nil || tok != nil || !secret.IsZero() {
-		t.Fatalf("second bootstrap = %v, %v; want nothing", tok, err)
+func TestBootstrapHappensOnceEvenWhenLedgersStartTogether(t *testing.T) {
+	store, _, _ := eventstoretest.MustStore(t)
+	const n = 5
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	made, saved := 0, 0
+	start := make(chan struct{})
+	for range n {
+		view := projections.NewTokens()
+		l := app.New(store, view)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); app.Run(ctx, store, view, nil) }()
+		t.Cleanup(func() { cancel(); <-done })
+		wg.Go(func() {
+			<-start
+			tok, secret, err := l.Bootstrap(context.Background(), "acme", func(domain.Secret) error {
+				mu.Lock()
+				saved++
+				mu.Unlock()
+				return nil
+			})
+			if err != nil {
+				t.Errorf("bootstrap: %v", err)
+			}
+			if tok != nil {
+				mu.Lock()
+				made++
+				mu.Unlock()
+				if secret.IsZero() {
+					t.Error("bootstrap made a token but returned no secret")
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if last, _ := store.LastSequence(context.Background()); made != 1 || last != 1 {
+		t.Fatalf("%d ledgers made a bootstrap token, stream holds %d events; want 1 and 1", made, last)
+	}
+	if saved < 1 {
+		t.Fatal("the secret was not saved before the token was appended")
+	}
+}
+
+func TestBootstrapWritesNothingWhenItsSecretCannotBeSaved(t *testing.T) {
+	store, _, _ := eventstoretest.MustStore(t)
+	l := app.New(store, projections.NewTokens())
+	_, _, err := l.Bootstrap(context.Background(), "acme", func(domain.Secret) error { return errors.New("disk full") })
+	if err == nil {
+		t.Fatal("bootstrap succeeded without saving its secret")
+	}
+	if last, _ := store.LastSequence(context.Background()); last != 0 {
+		t.Fatalf("a bootstrap token whose secret was lost was written (sequence %d)", last)
 	}
 }
 
@@ -208,7 +256,7 @@ func TestAMessageThatIsNotAnEventIsSkippedAndItsTokenStaysManageable(t *testing.
 		app.Run(ctx, store, view, func(err error) { mu.Lock(); reports = append(reports, err); mu.Unlock() })
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	owner, _, err := l.Bootstrap(context.Background(), "acme")
+	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func newHarness(t *testing.T) *harness {
 	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	tok, secret, err := ledger.Bootstrap(context.Background(), "acme")
+	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || tok == nil {
 		t.Fatalf("bootstrap: %v", err)
 	}

@@ -148,3 +148,34 @@ func TestHealthReportsAViewStuckBehindTheStream(t *testing.T) {
 		t.Fatalf("caught up again: %v", err)
 	}
 }
+
+func TestABootstrapSecretSavedJustBeforeACrashIsRecovered(t *testing.T) {
+	ns := eventstoretest.MustServer(t)
+	dir := t.TempDir()
+	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: ns.ClientURL(), org: "acme", stream: "TOKENS", replicas: 1}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	n, err := startLedger(context.Background(), opts, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(dir, "bootstrap-token")
+	secret, _ := os.ReadFile(final)
+	_ = n.close()
+
+	// The crash: the token was appended, the rename never happened.
+	if err := os.Rename(final, final+".pending"); err != nil {
+		t.Fatal(err)
+	}
+	n, err = startLedger(context.Background(), opts, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.close()
+	got, err := os.ReadFile(final)
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("bootstrap-token after recovery = %q, %v; want the saved secret", got, err)
+	}
+	if _, err := os.Stat(final + ".pending"); !os.IsNotExist(err) {
+		t.Fatal("the .pending file is still there")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
 	"github.com/tokenledger/tokenledger/projections"
@@ -159,16 +161,9 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	}
 	log.Info("token view ready", "stream", cfg.Stream, "sequence", view.Sequence())
 
-	if tok, secret, err := ledger.Bootstrap(openCtx, o.org); err != nil {
+	if n.bootstrapPath, err = bootstrap(openCtx, ledger, o, log); err != nil {
 		closeAll()
 		return nil, err
-	} else if tok != nil {
-		n.bootstrapPath = filepath.Join(o.dataDir, "bootstrap-token")
-		if err := writeSecretFile(n.bootstrapPath, secret.Reveal()); err != nil {
-			closeAll()
-			return nil, err
-		}
-		log.Info("bootstrap token created", "token_id", tok.ID(), "organization", o.org, "file", n.bootstrapPath)
 	}
 
 	ln, err := net.Listen("tcp", o.httpAddr)
@@ -238,6 +233,41 @@ func (w *lagWatch) check(viewSeq, streamSeq uint64, now time.Time) error {
 	return nil
 }
 
+// bootstrap makes the first owner token of an empty ledger and returns the
+// path of the file holding its secret. The secret is written (to a .pending
+// file, synced) before the token is appended, and renamed into place after; a
+// .pending file left by a crash in between is kept if its secret works.
+func bootstrap(ctx context.Context, ledger *app.Ledger, o serveOptions, log *slog.Logger) (string, error) {
+	final := filepath.Join(o.dataDir, "bootstrap-token")
+	pending := final + ".pending"
+	if b, err := os.ReadFile(pending); err == nil {
+		if ledger.Vouches(strings.TrimSpace(string(b))) {
+			if err := os.Rename(pending, final); err != nil {
+				return "", err
+			}
+			log.Info("recovered the bootstrap token saved before a crash", "file", final)
+			return final, nil
+		}
+		_ = os.Remove(pending)
+	}
+	tok, _, err := ledger.Bootstrap(ctx, o.org, func(s domain.Secret) error {
+		return writeSecretFile(pending, s.Reveal())
+	})
+	if err != nil {
+		_ = os.Remove(pending)
+		return "", err
+	}
+	if tok == nil {
+		_ = os.Remove(pending) // not an empty ledger, or another ledger won
+		return "", nil
+	}
+	if err := os.Rename(pending, final); err != nil {
+		return "", fmt.Errorf("bootstrap token: %w", err)
+	}
+	log.Info("bootstrap token created", "token_id", tok.ID(), "organization", o.org, "file", final)
+	return final, nil
+}
+
 // writeSecretFile writes a secret readable by its owner only. The file is
 // created with mode 0600 before any byte is written.
 func writeSecretFile(path, secret string) error {
@@ -247,6 +277,10 @@ func writeSecretFile(path, secret string) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if _, err := f.WriteString(secret + "\n"); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
