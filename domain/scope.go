@@ -31,8 +31,7 @@ const (
 	RoleDeploymentAdmin          Role = "DEPLOYMENT_ADMIN"
 )
 
-// rolesByScope lists the roles each scope admits, most powerful first. The first
-// role of the least-powerful end is not the default: see defaultRole.
+// rolesByScope lists the roles each scope admits, most powerful first.
 var rolesByScope = map[Scope][]Role{
 	ScopeOrganization: {RoleOrganizationOwner, RoleOrganizationBillingAdmin, RoleOrganizationMember},
 	ScopeWorkspace:    {RoleWorkspaceOwner, RoleWorkspaceOperator, RoleWorkspaceAuthor, RoleWorkspaceMember, RoleWorkspaceAccessor},
@@ -55,9 +54,6 @@ func ParseScope(s string) (Scope, error) {
 	}
 	return sc, nil
 }
-
-// RolesFor returns the roles a token of this scope may hold.
-func RolesFor(s Scope) []Role { return append([]Role(nil), rolesByScope[s]...) }
 
 // Fits reports whether role r is allowed for scope s.
 func (r Role) Fits(s Scope) bool {
