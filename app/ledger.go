@@ -147,6 +147,17 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 	}
 }
 
+// Feed runs Run in the background; stop ends it and waits until it has.
+func Feed(store *eventstore.Store, view *projections.Tokens, report func(error)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(ctx, store, view, report)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // CatchUp waits until the view has applied everything the stream held when it
 // was called.
 func (l *Ledger) CatchUp(ctx context.Context) error {

@@ -35,10 +35,7 @@ func newLedger(t *testing.T, clk *clock) (*app.Ledger, *eventstore.Store, app.Ca
 	store, _, _ := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
 	l := app.New(store, view, app.WithClock(clk.Now))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(app.Feed(store, view, nil))
 	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || owner == nil {
 		t.Fatalf("bootstrap: %v", err)
@@ -132,10 +129,7 @@ func TestBootstrapHappensOnceEvenWhenLedgersStartTogether(t *testing.T) {
 	for range n {
 		view := projections.NewTokens()
 		l := app.New(store, view)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); app.Run(ctx, store, view, nil) }()
-		t.Cleanup(func() { cancel(); <-done })
+		t.Cleanup(app.Feed(store, view, nil))
 		wg.Go(func() {
 			<-start
 			tok, secret, err := l.Bootstrap(context.Background(), "acme", func(domain.Secret) error {
@@ -213,9 +207,7 @@ func TestAViewRebuiltFromTheStreamEqualsTheLiveOne(t *testing.T) {
 	}
 
 	rebuilt := projections.NewTokens()
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go app.Run(rctx, store, rebuilt, nil)
+	t.Cleanup(app.Feed(store, rebuilt, nil))
 	last, _ := store.LastSequence(ctx)
 	if err := rebuilt.WaitFor(ctx, last); err != nil {
 		t.Fatal(err)
@@ -247,15 +239,9 @@ func TestAMessageThatIsNotAnEventIsSkippedAndItsTokenStaysManageable(t *testing.
 	store, js, _ := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
 	l := app.New(store, view, app.WithClock(clk.Now))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
 	var reports []error
 	var mu sync.Mutex
-	go func() {
-		defer close(done)
-		app.Run(ctx, store, view, func(err error) { mu.Lock(); reports = append(reports, err); mu.Unlock() })
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(app.Feed(store, view, func(err error) { mu.Lock(); reports = append(reports, err); mu.Unlock() }))
 	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
 	if err != nil {
 		t.Fatal(err)

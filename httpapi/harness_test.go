@@ -41,10 +41,7 @@ func newHarness(t *testing.T) *harness {
 	store, _, ns := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
 	ledger := app.New(store, view)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); app.Run(ctx, store, view, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(app.Feed(store, view, nil))
 
 	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || tok == nil {

@@ -146,15 +146,7 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 
 	view := projections.NewTokens()
 	ledger := app.New(store, view)
-	followCtx, stopFollow := context.WithCancel(context.Background())
-	followDone := make(chan struct{})
-	go func() {
-		defer close(followDone)
-		app.Run(followCtx, store, view, func(err error) {
-			log.Error("token view", "error", err)
-		})
-	}()
-	closers = append(closers, func() { stopFollow(); <-followDone })
+	closers = append(closers, app.Feed(store, view, func(err error) { log.Error("token view", "error", err) }))
 	if err := ledger.CatchUp(openCtx); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("catch up with stream %s: %w", cfg.Stream, err)
