@@ -8,6 +8,9 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -168,7 +171,9 @@ func (l *Ledger) CatchUp(ctx context.Context) error {
 	return l.view.WaitFor(ctx, last)
 }
 
-func (l *Ledger) env(c Caller, key string) domain.Env {
+// env is what a command takes from the ledger. request, the command's
+// parameters, is hashed into the events of keyed commands.
+func (l *Ledger) env(c Caller, key string, request any) domain.Env {
 	e := domain.Env{
 		Now:  l.now(),
 		Rand: l.rand,
@@ -182,6 +187,9 @@ func (l *Ledger) env(c Caller, key string) domain.Env {
 	}
 	if key != "" {
 		e.EventID = domain.IdempotentEventID(c.org(), key)
+		b, _ := json.Marshal(request)
+		sum := sha256.Sum256(b)
+		e.RequestHash = hex.EncodeToString(sum[:16])
 	}
 	return e
 }
@@ -199,7 +207,7 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if err := checkKey(idempotencyKey); err != nil {
 		return Result{}, err
 	}
-	env := l.env(c, idempotencyKey)
+	env := l.env(c, idempotencyKey, keyedRequest{Type: domain.TokenCreated, Params: cmd})
 	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
 		return res, err
 	}
@@ -212,7 +220,7 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 
 // UpdateToken changes a token's name, description or role.
 func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domain.UpdateToken, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUpdated, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUpdated, cmd, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Update(cmd, env)
 		return e, domain.Secret{}, changed, err
 	})
@@ -220,7 +228,7 @@ func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domai
 
 // RotateToken gives a token a new secret; the old one stops working at once.
 func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenRotated, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenRotated, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, s, err := t.Rotate(env)
 		return e, s, err == nil, err
 	})
@@ -228,7 +236,7 @@ func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey s
 
 // AssignToken gives an organization token a role in a workspace.
 func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, role, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenAssigned, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenAssigned, [2]string{workspaceID, role}, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Assign(workspaceID, role, env)
 		return e, domain.Secret{}, changed, err
 	})
@@ -236,7 +244,7 @@ func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, rol
 
 // UnassignToken removes an organization token's role in a workspace.
 func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUnassigned, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUnassigned, workspaceID, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Unassign(workspaceID, env)
 		return e, domain.Secret{}, err == nil, err
 	})
@@ -244,7 +252,7 @@ func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, i
 
 // DeleteToken deletes a token for good.
 func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenDeleted, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+	return l.execute(ctx, c, id, idempotencyKey, domain.TokenDeleted, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Delete(env)
 		return e, domain.Secret{}, err == nil, err
 	})
@@ -256,14 +264,14 @@ type decision func(t *domain.Token, env domain.Env) (e domain.Event, s domain.Se
 // organization. A retry under an idempotency key is answered before the
 // decision: the token has moved on since the first attempt (a retried delete
 // would find it deleted), and the answer must be the first attempt's.
-func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ domain.EventType, decide decision) (Result, error) {
+func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ domain.EventType, params any, decide decision) (Result, error) {
 	if err := authorize(c); err != nil {
 		return Result{}, err
 	}
 	if err := checkKey(key); err != nil {
 		return Result{}, err
 	}
-	env := l.env(c, key)
+	env := l.env(c, key, keyedRequest{Type: typ, TokenID: id, Params: params})
 	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
 		return res, err
 	}
@@ -334,8 +342,15 @@ func (l *Ledger) replayed(ctx context.Context, c Caller, env domain.Env, typ dom
 	if !ok {
 		return Result{}, false, nil
 	}
-	res, err := l.replay(ctx, c, domain.Event{Type: typ, TokenID: id}, a)
+	res, err := l.replay(ctx, c, domain.Event{Type: typ, TokenID: id, RequestHash: env.RequestHash}, a)
 	return res, true, err
+}
+
+// keyedRequest is what identifies a keyed command's request.
+type keyedRequest struct {
+	Type    domain.EventType
+	TokenID string
+	Params  any
 }
 
 // append stores e, which took the token to the state after, and answers with
@@ -377,6 +392,9 @@ func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a project
 	sameTarget := a.TokenID == e.TokenID || e.Type == domain.TokenCreated
 	if a.Type != e.Type || !sameTarget {
 		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for another command (%s on %s)", a.Type, a.TokenID))
+	}
+	if a.RequestHash != e.RequestHash {
+		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for %s on %s with other parameters; a retry must repeat the request exactly", a.Type, a.TokenID))
 	}
 	if err := l.waitFor(ctx, a.Sequence); err != nil {
 		return Result{}, err

@@ -47,7 +47,10 @@ type Event struct {
 	OccurredAt     time.Time `json:"occurred_at"`
 	Actor          Actor     `json:"actor"`
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
-	Data           EventData `json:"data"`
+	// RequestHash is set with IdempotencyKey: a hash of the request's
+	// parameters, so a retry can be told from a reuse of the key.
+	RequestHash string    `json:"request_hash,omitempty"`
+	Data        EventData `json:"data"`
 }
 
 // EventData is the type-specific part of an event.

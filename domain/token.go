@@ -41,6 +41,9 @@ type Env struct {
 	Actor          Actor
 	EventID        string
 	IdempotencyKey string
+	// RequestHash identifies the request's parameters, so a key reused with
+	// other parameters is told apart from a retry.
+	RequestHash string
 }
 
 // Token is the aggregate: one API token and everything that happened to it.
@@ -383,6 +386,7 @@ func (t *Token) record(env Env, data EventData) (Event, error) {
 		OccurredAt:     env.Now.UTC(),
 		Actor:          env.Actor,
 		IdempotencyKey: env.IdempotencyKey,
+		RequestHash:    env.RequestHash,
 		Data:           data,
 	}
 	if err := t.Apply(e); err != nil {

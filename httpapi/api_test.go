@@ -328,6 +328,12 @@ func TestARetriedCreateMakesOneTokenAndNeverAWrongSecret(t *testing.T) {
 	if h.lastSeq() != seq {
 		t.Fatal("a retried create wrote an event")
 	}
+	// The same key with other parameters is not a retry: refused, nothing written.
+	_, err = c.CreateToken(ctxT(t), httpapi.CreateRequest{Scope: "organization", Name: "something else"}, "create-retry-me")
+	var p *httpapi.Problem
+	if !errors.As(err, &p) || p.Status != 400 || len(p.Errors) != 1 || p.Errors[0].Field != "idempotency_key" || h.lastSeq() != seq {
+		t.Fatalf("key reused with another body: %v", err)
+	}
 	if v, _ := c.Verify(ctxT(t), first.Secret); !v.Valid || v.ID != first.ID {
 		t.Fatalf("the first answer's secret does not verify: %+v", v)
 	}

@@ -52,9 +52,10 @@ type retiredSecret struct {
 
 // Applied is where an event landed.
 type Applied struct {
-	Sequence uint64
-	TokenID  string
-	Type     domain.EventType
+	Sequence    uint64
+	TokenID     string
+	Type        domain.EventType
+	RequestHash string
 }
 
 // NewTokens returns an empty view.
@@ -112,7 +113,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	}
 	ent.lastSeq = seq
 	if e.IdempotencyKey != "" {
-		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type}
+		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type, RequestHash: e.RequestHash}
 	}
 	return nil
 }
