@@ -114,8 +114,11 @@ type Result struct {
 
 // Run feeds the view from the stream until ctx ends: first the history, then
 // live events. A message the view refuses is reported through report and
-// skipped; so is a failure to read the stream, after which Run follows again
-// from where the view got to, with a growing pause. It returns when ctx ends.
+// skipped. Run follows again, from where the view got to and on a fresh
+// consumer, whenever reading fails, the sequence has a gap, or the view stays
+// behind the stream without progress for stallAfter (a consumer that stopped
+// delivering); failures in a row wait longer each time. It returns when ctx
+// ends.
 func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens, report func(error)) {
 	if report == nil {
 		report = func(error) {}
@@ -123,7 +126,18 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 	pause := 100 * time.Millisecond
 	for {
 		from := view.Sequence() + 1
-		err := store.Follow(ctx, from, func(r eventstore.Recorded) error {
+		followCtx, stop := context.WithCancelCause(ctx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			watchStall(followCtx, store, view, func(err error) { stop(err) })
+		}()
+		err := store.Follow(followCtx, from, func(r eventstore.Recorded) error {
+			// The stream denies deletes, so its sequences have no gaps: a gap
+			// means the consumer was tampered with (filtered, say).
+			if want := view.Sequence() + 1; r.Sequence != want {
+				return fmt.Errorf("%w: got sequence %d, want %d", errGap, r.Sequence, want)
+			}
 			if r.Err != nil {
 				view.Refuse(r.Sequence, r.OrganizationID, r.TokenID)
 				report(fmt.Errorf("refused: %w", r.Err))
@@ -134,6 +148,11 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 			}
 			return nil
 		})
+		if cause := context.Cause(followCtx); cause != nil && ctx.Err() == nil && errors.Is(err, context.Canceled) {
+			err = cause // the watchdog stopped it
+		}
+		stop(nil)
+		<-watchDone
 		if ctx.Err() != nil {
 			return
 		}
@@ -149,6 +168,42 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 		pause = min(2*pause, 5*time.Second)
 	}
 }
+
+// stallAfter is how long the view may stay behind the stream without applying
+// anything before Run gives up on the consumer feeding it.
+const stallAfter = 2 * time.Second
+
+var errStalled = errors.New("the view made no progress while behind the stream")
+
+// watchStall calls stop when the view is behind the stream's last sequence
+// and has not moved for stallAfter.
+func watchStall(ctx context.Context, store *eventstore.Store, view *projections.Tokens, stop func(error)) {
+	tick := time.NewTicker(stallAfter / 4)
+	defer tick.Stop()
+	seen, since := view.Sequence(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if now := view.Sequence(); now != seen {
+			seen, since = now, time.Now()
+			continue
+		}
+		if time.Since(since) < stallAfter {
+			continue
+		}
+		last, err := store.LastSequence(ctx)
+		if err == nil && last > seen {
+			stop(fmt.Errorf("%w (at %d of %d for %s)", errStalled, seen, last, stallAfter))
+			return
+		}
+		since = time.Now()
+	}
+}
+
+var errGap = errors.New("gap in the stream's sequence")
 
 // Feed runs Run in the background; stop ends it and waits until it has.
 func Feed(store *eventstore.Store, view *projections.Tokens, report func(error)) (stop func()) {

@@ -290,3 +290,55 @@ func TestAMessageThatIsNotAnEventIsSkippedAndItsTokenStaysManageable(t *testing.
 		t.Fatalf("the forged delete (filed under another token) deleted %s: %s", other.Token.ID(), v.Outcome)
 	}
 }
+
+func TestATamperedConsumerIsNoticedAndADeleteStillTakesEffect(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	store, js, _ := eventstoretest.MustStore(t)
+	view := projections.NewTokens()
+	l := app.New(store, view, app.WithClock(clk.Now))
+	t.Cleanup(app.Feed(store, view, nil))
+	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := app.Caller{Token: owner}
+	ctx := context.Background()
+	victim, err := l.CreateToken(ctx, c, domain.CreateToken{Scope: "organization", Name: "victim"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Someone who learned the feed's consumer name narrows it to creations
+	// only, so the view would never see a delete.
+	stream, err := js.Stream(ctx, "TOKENS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lister := stream.ListConsumers(ctx)
+	tampered := 0
+	for info := range lister.Info() {
+		cfg := info.Config
+		cfg.FilterSubject, cfg.FilterSubjects = "ledger.tokens.*.*.TokenCreated", nil
+		if _, err := js.UpdateConsumer(ctx, "TOKENS", cfg); err != nil {
+			t.Fatalf("tamper with %s: %v", info.Name, err)
+		}
+		tampered++
+	}
+	if tampered == 0 {
+		t.Fatal("found no consumer to tamper with")
+	}
+
+	if _, err := l.DeleteToken(ctx, c, victim.Token.ID(), ""); err != nil {
+		t.Fatal(err)
+	}
+	// No event follows the delete, so no gap shows: the stall watchdog must
+	// replace the consumer on its own.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := l.CatchUp(wctx); err != nil {
+		t.Fatalf("the view never caught up with the delete: %v", err)
+	}
+	if _, err := l.Authenticate(victim.Secret.Reveal()); !errors.Is(err, app.ErrUnauthenticated) {
+		t.Fatal("a deleted token still authenticates after its feed was tampered with")
+	}
+}

@@ -35,10 +35,13 @@ const LedgerUser = "ledger"
 const LedgerInboxPrefix = "_LEDGER_INBOX"
 
 // servicePermissions is what an anonymous client of a locked-down server may
-// do: the JetStream API calls a consumer needs, and nothing that writes to the
-// stream or reaches into the ledger's own traffic. Services cannot list
-// consumer names, so they cannot find the ledger's consumers to pull from or
-// delete them, and cannot watch JetStream API requests, which name them.
+// do: the JetStream API calls a consumer of its own needs, and nothing that
+// writes to the stream or reaches the ledger's own consumers. Those consumers
+// have random names; services can neither list consumers, nor watch the
+// JetStream API traffic, advisories or system events that would name them,
+// nor pause, delete or unpin a consumer. Even so, the ledger does not rely on
+// this alone: its feed refuses any gap in the stream's sequence (app.Run), so
+// a consumer tampered with is noticed and replaced.
 //
 // A stricter split (the ledger and services in separate NATS accounts, the
 // stream exported read-only) is the production answer for an external
@@ -60,12 +63,16 @@ func servicePermissions() *server.Permissions {
 			Deny: []string{
 				"$JS.API.CONSUMER.LIST.*",
 				"$JS.API.CONSUMER.NAMES.*",
+				"$JS.API.CONSUMER.PAUSE.>",
+				"$JS.API.CONSUMER.DELETE.>",
+				"$JS.API.CONSUMER.UNPIN.>",
+				"$JS.API.CONSUMER.LEADER.>",
 				LedgerInboxPrefix + ".>",
 			},
 		},
 		Subscribe: &server.SubjectPermission{
 			Allow: []string{">"},
-			Deny:  []string{"$JS.API.>", LedgerInboxPrefix + ".>"},
+			Deny:  []string{"$JS.API.>", "$JS.EVENT.>", "$SYS.>", LedgerInboxPrefix + ".>"},
 		},
 	}
 }

@@ -331,18 +331,28 @@ func TestALockedDownServerLetsServicesReadButNotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer spy.Close()
-	_ = spy.Publish(eventstore.LedgerInboxPrefix+".abc", []byte("garbage"))
-	_, _ = spy.Subscribe("$JS.API.>", func(*nats.Msg) {})
-	_, _ = spy.Subscribe(eventstore.LedgerInboxPrefix+".>", func(*nats.Msg) {})
+	forbidden := []func(){
+		func() { _ = spy.Publish(eventstore.LedgerInboxPrefix+".abc", []byte("garbage")) },
+		func() { _, _ = spy.Subscribe("$JS.API.>", func(*nats.Msg) {}) },
+		func() { _, _ = spy.Subscribe(eventstore.LedgerInboxPrefix+".>", func(*nats.Msg) {}) },
+		// Advisories name every consumer the ledger creates.
+		func() { _, _ = spy.Subscribe("$JS.EVENT.ADVISORY.>", func(*nats.Msg) {}) },
+		func() { _, _ = spy.Subscribe("$SYS.>", func(*nats.Msg) {}) },
+		func() { _ = spy.Publish("$JS.API.CONSUMER.PAUSE.TOKENS.x", []byte("{}")) },
+		func() { _ = spy.Publish("$JS.API.CONSUMER.DELETE.TOKENS.x", nil) },
+	}
+	for _, f := range forbidden {
+		f()
+	}
 	_ = spy.Flush()
-	for i := range 3 {
+	for i := range len(forbidden) {
 		select {
 		case err := <-violations:
 			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
 				t.Fatalf("unexpected error: %v", err)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatalf("only %d of 3 forbidden operations were refused", i)
+			t.Fatalf("only %d of %d forbidden operations were refused", i, len(forbidden))
 		}
 	}
 }
