@@ -42,7 +42,7 @@ type Ledger struct {
 	view       *projections.Tokens
 	now        func() time.Time
 	rand       io.Reader
-	ownerLocks sync.Map // organization id -> *sync.Mutex
+	ownerLocks sync.Map // organization id -> chan struct{} (a lock that honours contexts)
 	// readWait bounds how long a command or query waits for the view to reach a
 	// sequence it was promised.
 	readWait time.Duration
@@ -53,6 +53,10 @@ type Option func(*Ledger)
 
 // WithClock makes the ledger read time from now (tests pin it).
 func WithClock(now func() time.Time) Option { return func(l *Ledger) { l.now = now } }
+
+// WithReadWait bounds how long commands and reads wait for the view (10 s by
+// default).
+func WithReadWait(d time.Duration) Option { return func(l *Ledger) { l.readWait = d } }
 
 // WithRand makes the ledger draw ids and secrets from r.
 func WithRand(r io.Reader) Option { return func(l *Ledger) { l.rand = r } }
@@ -226,6 +230,16 @@ func (l *Ledger) CatchUp(ctx context.Context) error {
 	return l.view.WaitFor(ctx, last)
 }
 
+// catchUp is CatchUp within the ledger's read bound, failing as unavailable.
+func (l *Ledger) catchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, l.readWait)
+	defer cancel()
+	if err := l.CatchUp(ctx); err != nil {
+		return fmt.Errorf("%w: the token view is behind the stream: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
 // env is what a command takes from the ledger. request, the command's
 // parameters, is hashed into the events of keyed commands.
 func (l *Ledger) env(c Caller, key string, request any) domain.Env {
@@ -345,11 +359,17 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 		return Result{Token: tok, Sequence: last}, nil
 	}
 	if tok.Role() == domain.RoleOrganizationOwner {
-		// Serialise owner changes in an organization, so two owners removing
-		// each other at once cannot both pass the check below.
-		mu := l.ownerLock(c.org())
-		mu.Lock()
-		defer mu.Unlock()
+		// Serialise owner changes in an organization, and judge them on a view
+		// that has caught up with the stream, so neither two owners removing
+		// each other at once nor a view that lags can let the last one go.
+		release, err := l.lockOwners(ctx, c.org())
+		if err != nil {
+			return Result{}, err
+		}
+		defer release()
+		if err := l.catchUp(ctx); err != nil {
+			return Result{}, err
+		}
 		if err := l.keepAnOwner(c, tok, next); err != nil {
 			return Result{}, err
 		}
@@ -367,24 +387,38 @@ func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 		return nil
 	}
 	now := l.now()
+	losing := false
 	for _, t := range l.view.List(c.org()) {
-		if t.Token.ID() != before.ID() && lastingOwner(t.Token, now) {
-			return nil
+		switch {
+		case !lastingOwner(t, now):
+		case t.Token.ID() == before.ID():
+			losing = true
+		default:
+			return nil // another lasting owner remains
 		}
 	}
-	if !lastingOwner(before, now) {
+	if !losing {
 		return nil // there was no lasting owner to lose
 	}
 	return &domain.StateError{Field: "token_id", Rule: "this is the organization's last active ORGANIZATION_OWNER token that never expires; create another first"}
 }
 
-func lastingOwner(t *domain.Token, now time.Time) bool {
-	return t.Role() == domain.RoleOrganizationOwner && t.Status(now) == domain.StatusActive && t.ExpiresAt().IsZero()
+// lastingOwner: an owner token that can act now and will not expire.
+func lastingOwner(t projections.Listed, now time.Time) bool {
+	return t.Token.Role() == domain.RoleOrganizationOwner && t.Token.Status(now) == domain.StatusActive &&
+		t.Token.ExpiresAt().IsZero() && !t.Quarantined
 }
 
-func (l *Ledger) ownerLock(org string) *sync.Mutex {
-	mu, _ := l.ownerLocks.LoadOrStore(org, &sync.Mutex{})
-	return mu.(*sync.Mutex)
+// lockOwners takes the organization's owner lock, or gives up when ctx ends.
+func (l *Ledger) lockOwners(ctx context.Context, org string) (release func(), err error) {
+	v, _ := l.ownerLocks.LoadOrStore(org, make(chan struct{}, 1))
+	lock := v.(chan struct{})
+	select {
+	case lock <- struct{}{}:
+		return func() { <-lock }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for another owner change: %w", ErrUnavailable, ctx.Err())
+	}
 }
 
 // replayed answers a command whose idempotency key the view has already seen.
@@ -421,7 +455,7 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *do
 	ap, err := l.store.Append(ctx, e, last)
 	switch {
 	case errors.Is(err, domain.ErrConflict):
-		if e.IdempotencyKey != "" && l.CatchUp(ctx) == nil {
+		if e.IdempotencyKey != "" && l.catchUp(ctx) == nil {
 			if a, ok := l.view.Keyed(e.ID); ok {
 				return l.replay(ctx, c, e, a)
 			}
@@ -448,7 +482,7 @@ func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a project
 	if a.Type != e.Type || !sameTarget {
 		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for another command (%s on %s)", a.Type, a.TokenID))
 	}
-	if a.RequestHash != e.RequestHash {
+	if a.RequestHash != "" && a.RequestHash != e.RequestHash {
 		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for %s on %s with other parameters; a retry must repeat the request exactly", a.Type, a.TokenID))
 	}
 	if err := l.waitFor(ctx, a.Sequence); err != nil {

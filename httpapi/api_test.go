@@ -471,3 +471,23 @@ func TestHealthAndTheAPIDescriptionNeedNoToken(t *testing.T) {
 		}
 	}
 }
+
+func TestTheOnlyOwnerCannotBeDeletedOrDemoted(t *testing.T) {
+	h := newHarness(t)
+	before := h.lastSeq()
+	for _, req := range []struct{ method, body string }{{"DELETE", ""}, {"PATCH", `{"role":"ORGANIZATION_MEMBER"}`}} {
+		status, _, body := h.raw(req.method, "/v1/tokens/"+h.ownerID, h.owner, strings.NewReader(req.body), nil)
+		p := decodeProblem(t, body)
+		if status != http.StatusConflict || len(p.Errors) != 1 || p.Errors[0].Field != "token_id" {
+			t.Fatalf("%s the only owner: %d %s", req.method, status, body)
+		}
+	}
+	if h.lastSeq() != before {
+		t.Fatal("a refused owner change was written")
+	}
+	// With a second owner that never expires, the first may go.
+	h.create(httpapi.CreateRequest{Scope: "organization", Name: "owner 2", Role: "ORGANIZATION_OWNER"})
+	if _, err := h.client(h.owner).DeleteToken(ctxT(t), h.ownerID); err != nil {
+		t.Fatalf("delete with another owner left: %v", err)
+	}
+}

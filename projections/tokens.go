@@ -198,10 +198,12 @@ func (v *Tokens) Get(org, id string) (*domain.Token, uint64, bool) {
 	return ent.token.Clone(), ent.lastSeq, true
 }
 
-// Listed is a token with the stream sequence of its last event.
+// Listed is a token with the stream sequence of its last event, and whether
+// it is quarantined (see Refuse).
 type Listed struct {
-	Token    *domain.Token
-	Sequence uint64
+	Token       *domain.Token
+	Sequence    uint64
+	Quarantined bool
 }
 
 // List returns copies of org's tokens, oldest first, deleted ones included
@@ -211,7 +213,7 @@ func (v *Tokens) List(org string) []Listed {
 	out := make([]Listed, 0)
 	for k, ent := range v.byKey {
 		if k.org == org {
-			out = append(out, Listed{Token: ent.token.Clone(), Sequence: ent.lastSeq})
+			out = append(out, Listed{Token: ent.token.Clone(), Sequence: ent.lastSeq, Quarantined: ent.quarantined})
 		}
 	}
 	v.mu.RUnlock()
