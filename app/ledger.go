@@ -627,10 +627,3 @@ func (l *Ledger) Bootstrap(ctx context.Context, org string, save func(domain.Sec
 	_ = l.waitFor(ctx, ap.Sequence)
 	return tok, secret, nil
 }
-
-// Vouches reports whether secret is an active token now; serve uses it to
-// recover a bootstrap secret saved just before a crash.
-func (l *Ledger) Vouches(secret string) bool {
-	_, err := l.Authenticate(secret)
-	return err == nil
-}

@@ -200,11 +200,15 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	return n, nil
 }
 
-// lagWatch tells a view that is briefly behind the stream (events just
-// written) from one that is stuck.
+// lagWatch tells a view that is briefly behind the stream (events being
+// applied) from one that is stuck: it remembers the stream's last sequence when
+// the view was first seen behind, and reports only if the view has not reached
+// that sequence maxLag later. A view that keeps up under a steady write load
+// is always a little behind, and is fine.
 type lagWatch struct {
 	mu     sync.Mutex
-	behind time.Time // when the view was first seen behind; zero: caught up
+	target uint64    // stream sequence the view must reach; 0: none pending
+	since  time.Time // when target was set
 }
 
 const maxLag = 5 * time.Second
@@ -212,29 +216,36 @@ const maxLag = 5 * time.Second
 func (w *lagWatch) check(viewSeq, streamSeq uint64, now time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.target != 0 && viewSeq >= w.target {
+		w.target = 0
+	}
 	if viewSeq >= streamSeq {
-		w.behind = time.Time{}
 		return nil
 	}
-	if w.behind.IsZero() {
-		w.behind = now
+	if w.target == 0 {
+		w.target, w.since = streamSeq, now
+		return nil
 	}
-	if now.Sub(w.behind) > maxLag {
-		return fmt.Errorf("token view is %d events behind the stream (at %d of %d) for over %s", streamSeq-viewSeq, viewSeq, streamSeq, maxLag)
+	if now.Sub(w.since) > maxLag {
+		return fmt.Errorf("token view stuck at sequence %d: it has not reached %d within %s (stream at %d)", viewSeq, w.target, maxLag, streamSeq)
 	}
 	return nil
 }
 
 // bootstrap makes the first owner token of an empty ledger and returns the
 // path of the file holding its secret. The secret is written (to a .pending
-// file, synced) before the token is appended, and renamed into place after; a
-// .pending file left by a crash in between is kept if its secret works.
+// file, synced) before the token is appended, and renamed into place after.
+// The .pending file is removed only when the token certainly was not stored;
+// after a crash or an append whose outcome is unknown, the next start keeps it
+// if it holds the active bootstrap token of this organization.
 func bootstrap(ctx context.Context, ledger *app.Ledger, o serveOptions, log *slog.Logger) (string, error) {
 	final := filepath.Join(o.dataDir, "bootstrap-token")
 	pending := final + ".pending"
 	if b, err := os.ReadFile(pending); err == nil {
-		if ledger.Vouches(strings.TrimSpace(string(b))) {
-			if err := os.Rename(pending, final); err != nil {
+		tok, aerr := ledger.Authenticate(strings.TrimSpace(string(b)))
+		_, ferr := os.Stat(final)
+		if aerr == nil && os.IsNotExist(ferr) && isBootstrapToken(tok, o.org) {
+			if err := renameSynced(pending, final); err != nil {
 				return "", err
 			}
 			log.Info("recovered the bootstrap token saved before a crash", "file", final)
@@ -242,22 +253,53 @@ func bootstrap(ctx context.Context, ledger *app.Ledger, o serveOptions, log *slo
 		}
 		_ = os.Remove(pending)
 	}
+	saved := false
 	tok, _, err := ledger.Bootstrap(ctx, o.org, func(s domain.Secret) error {
-		return writeSecretFile(pending, s.Reveal())
+		if err := writeSecretFile(pending, s.Reveal()); err != nil {
+			return err
+		}
+		saved = true
+		return nil
 	})
-	if err != nil {
+	switch {
+	case err != nil && saved:
+		// The append may have been stored all the same: keep the secret for
+		// the next start to recover.
+		return "", fmt.Errorf("%w (its secret is kept in %s until a start can tell)", err, pending)
+	case err != nil:
 		_ = os.Remove(pending)
 		return "", err
-	}
-	if tok == nil {
+	case tok == nil:
 		_ = os.Remove(pending) // not an empty ledger, or another ledger won
 		return "", nil
 	}
-	if err := os.Rename(pending, final); err != nil {
+	if err := renameSynced(pending, final); err != nil {
 		return "", fmt.Errorf("bootstrap token: %w", err)
 	}
 	log.Info("bootstrap token created", "token_id", tok.ID(), "organization", o.org, "file", final)
 	return final, nil
+}
+
+func isBootstrapToken(t *domain.Token, org string) bool {
+	return t.OrganizationID() == org && t.Name() == "bootstrap" && t.Role() == domain.RoleOrganizationOwner
+}
+
+// renameSynced renames and syncs the directory, so the new name survives a
+// power loss.
+func renameSynced(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(to))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // writeSecretFile writes a secret readable by its owner only. The file is
@@ -276,5 +318,8 @@ func writeSecretFile(path, secret string) error {
 		f.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
 }
