@@ -37,6 +37,7 @@ var unauthenticated = &Problem{
 	Title:  "Unauthorized",
 	Status: http.StatusUnauthorized,
 	Detail: app.ErrUnauthenticated.Error(),
+	Errors: []domain.FieldError{{Field: "Authorization", Rule: "Bearer and the secret of an active token"}},
 }
 
 // problemFor maps an error to its answer; this is the one place that does.
@@ -61,11 +62,13 @@ func problemFor(err error) *Problem {
 	case errors.As(err, &nerr):
 		return &Problem{Type: problemBase + "not-found", Title: "Not found", Status: http.StatusNotFound, Detail: nerr.Error(), Errors: []domain.FieldError{{Field: nerr.Field, Rule: nerr.Rule}}}
 	case errors.Is(err, domain.ErrDeleted):
-		return &Problem{Type: problemBase + "deleted", Title: "Token deleted", Status: http.StatusConflict, Detail: err.Error() + "; it accepts no further command"}
+		return &Problem{Type: problemBase + "deleted", Title: "Token deleted", Status: http.StatusConflict, Detail: err.Error() + "; it accepts no further command",
+			Errors: []domain.FieldError{{Field: "token_id", Rule: "the token is deleted and accepts no further command"}}}
 	case errors.As(err, &serr):
 		return &Problem{Type: problemBase + "state", Title: "Not allowed in the token's state", Status: http.StatusConflict, Detail: serr.Error(), Errors: []domain.FieldError{{Field: serr.Field, Rule: serr.Rule}}}
 	case errors.Is(err, domain.ErrConflict):
-		return &Problem{Type: problemBase + "conflict", Title: "Conflict", Status: http.StatusConflict, Detail: "another command changed this token first; read it again and retry"}
+		return &Problem{Type: problemBase + "conflict", Title: "Conflict", Status: http.StatusConflict, Detail: "another command changed this token first; read it again and retry",
+			Errors: []domain.FieldError{{Field: "token_id", Rule: "changed by another command first; read it again and retry"}}}
 	case errors.As(err, &maxb):
 		return &Problem{Type: problemBase + "too-large", Title: "Request body too large", Status: http.StatusRequestEntityTooLarge, Detail: fmt.Sprintf("body: at most %d bytes (1 MiB)", maxb.Limit), Errors: []domain.FieldError{{Field: "body", Rule: "at most 1 MiB"}}}
 	}

@@ -68,11 +68,12 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
 			writeProblem(w, r, &Problem{Type: problemBase + "method", Title: "Method not allowed", Status: http.StatusMethodNotAllowed,
-				Detail: "method: " + clipPath(r.Method) + " is not allowed here; allowed: " + allow})
+				Detail: "method: " + clipPath(r.Method) + " is not allowed here; allowed: " + allow, Errors: []domain.FieldError{{Field: "method", Rule: "allowed: " + allow}}})
 		})
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, r, &Problem{Type: problemBase + "no-route", Title: "Not found", Status: http.StatusNotFound, Detail: "path: no API route " + r.Method + " " + clipPath(r.URL.Path)})
+		writeProblem(w, r, &Problem{Type: problemBase + "no-route", Title: "Not found", Status: http.StatusNotFound,
+			Detail: "path: no API route " + clipPath(r.Method) + " " + clipPath(r.URL.Path), Errors: []domain.FieldError{{Field: "path", Rule: "no such API route"}}})
 	})
 	return s
 }

@@ -43,7 +43,8 @@ func (e *exitError) Error() string { return e.msg }
 
 // run is the whole program, minus the process: tests call it directly.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	root := newRootCmd(stdin, stdout, stderr, getenv)
+	var started bool // set once a command's own work begins
+	root := newRootCmd(stdin, stdout, stderr, getenv, &started)
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -77,10 +78,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "error: %v\n", err)
 		return exitNoReach
 	}
-	// What is left comes from the command line itself: unknown commands,
-	// missing or extra arguments, bad or missing flags.
-	fmt.Fprintf(stderr, "error: %v\nRun 'ledger --help' for usage.\n", err)
-	return exitUsage
+	var usage usageError
+	if errors.As(err, &usage) || !started {
+		// From the command line itself: unknown commands, missing or extra
+		// arguments, bad or missing flags (cobra checks those before a
+		// command runs).
+		fmt.Fprintf(stderr, "error: %v\nRun 'ledger --help' for usage.\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "error: %v\n", err)
+	return exitFailed
 }
 
 // usageError marks errors about the command line itself.
@@ -103,11 +110,11 @@ func groupCmd(use, short string) *cobra.Command {
 	}
 }
 
-func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
+func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, started *bool) *cobra.Command {
 	root := groupCmd("ledger", "TokenLedger: an event-sourced ledger of API tokens on NATS JetStream")
 	root.SilenceUsage, root.SilenceErrors = true, true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServeCmd(stdout, stderr))
-	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv))
+	root.AddCommand(newServeCmd(stdout, stderr, started))
+	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv, started))
 	return root
 }

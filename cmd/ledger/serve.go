@@ -38,13 +38,14 @@ type serveOptions struct {
 	memory     bool
 }
 
-func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
+func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the ledger: embedded NATS JetStream (or --nats-url), the HTTP API and the token views",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			*started = true
 			if cmd.Flags().Changed("nats-listen") && o.natsURL != "" {
 				return usageError{errors.New("--nats-listen and --nats-url exclude each other: the first runs an embedded server, the second uses yours")}
 			}

@@ -50,11 +50,12 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) *cobra.Command {
+func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, started *bool) *cobra.Command {
 	cmd := groupCmd("token", "Create, inspect and manage API tokens")
 	// Each subcommand gets a fresh client from the environment when it runs.
 	withClient := func(f func(cmd *cobra.Command, args []string, c *httpapi.Client) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
+			*started = true
 			c, err := clientEnv(getenv)
 			if err != nil {
 				return err
