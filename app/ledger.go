@@ -380,7 +380,7 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 // keepAnOwner refuses a change that would leave the organization without an
 // active ORGANIZATION_OWNER token that never expires: nobody could manage it
 // any more, and the bootstrap token is only made for an empty stream. The
-// check holds within one ledger process (see ownerLock); ledgers sharing a
+// check holds within one ledger process (see lockOwners); ledgers sharing a
 // stream could still race past it.
 func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
