@@ -17,9 +17,12 @@ import (
 // Tokens is the current state of every token, indexed for the questions the API
 // asks: by id, by organization, and by secret hash for verification.
 type Tokens struct {
-	mu      sync.RWMutex
-	byKey   map[tokenKey]*entry
-	byHash  map[domain.SecretHash]*entry
+	mu     sync.RWMutex
+	byKey  map[tokenKey]*entry
+	byHash map[domain.SecretHash]*entry
+	// byPlace holds, for each workspace and deployment, the tokens that hold a
+	// role there (see places).
+	byPlace map[place]map[tokenKey]struct{}
 	retired map[domain.SecretHash]retiredSecret
 	// keyed remembers events written under an idempotency key, by event id, so a
 	// retried command is answered with what the first attempt did.
@@ -63,6 +66,7 @@ func NewTokens() *Tokens {
 	return &Tokens{
 		byKey:   make(map[tokenKey]*entry),
 		byHash:  make(map[domain.SecretHash]*entry),
+		byPlace: make(map[place]map[tokenKey]struct{}),
 		retired: make(map[domain.SecretHash]retiredSecret),
 		keyed:   make(map[string]Applied),
 		notify:  make(chan struct{}),
@@ -81,36 +85,26 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	}
 	key := tokenKey{e.OrganizationID, e.TokenID}
 	ent := v.byKey[key]
+	var prev, next *domain.Token
 	if ent == nil {
 		tok, err := domain.NewFromCreated(e)
 		if err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
-		ent = &entry{token: tok}
+		ent, next = &entry{}, tok
 		v.byKey[key] = ent
 	} else {
 		// Apply on a copy: readers hold no lock while they use what Get returned,
 		// and a refused event must leave the token as it was.
-		next := ent.token.Clone()
+		prev, next = ent.token, ent.token.Clone()
 		if err := next.Apply(e); err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
-		prevHash := ent.token.SecretHash()
-		if next.SecretHash() != prevHash {
-			delete(v.byHash, prevHash)
-			v.retired[prevHash] = retiredSecret{key: key, reason: OutcomeRotated}
-		}
-		if next.Deleted() {
-			delete(v.byHash, next.SecretHash())
-			v.retired[next.SecretHash()] = retiredSecret{key: key, reason: OutcomeDeleted}
-		}
-		ent.token = next
 	}
-	if !ent.token.Deleted() {
-		v.byHash[ent.token.SecretHash()] = ent
-	}
+	ent.token = next
+	v.reindex(key, ent, prev)
 	ent.lastSeq = seq
 	if e.IdempotencyKey != "" {
 		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type, RequestHash: e.RequestHash}
@@ -138,6 +132,24 @@ func (v *Tokens) refuse(seq uint64, key tokenKey) {
 		ent.lastSeq = seq
 		ent.quarantined = true
 	}
+}
+
+// reindex brings every index in line with ent's token, which was prev (nil
+// for a new token). It is the one place indexes change, for live events,
+// replay and snapshots alike.
+func (v *Tokens) reindex(key tokenKey, ent *entry, prev *domain.Token) {
+	next := ent.token
+	if prev != nil && prev.SecretHash() != next.SecretHash() {
+		delete(v.byHash, prev.SecretHash())
+		v.retired[prev.SecretHash()] = retiredSecret{key: key, reason: OutcomeRotated}
+	}
+	if next.Deleted() {
+		delete(v.byHash, next.SecretHash())
+		v.retired[next.SecretHash()] = retiredSecret{key: key, reason: OutcomeDeleted}
+	} else {
+		v.byHash[next.SecretHash()] = ent
+	}
+	v.replace(key, places(prev), places(next))
 }
 
 func (v *Tokens) advance(seq uint64) {
