@@ -90,8 +90,16 @@ func (h *SecretHash) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Hash returns the stored form of a secret string.
-func Hash(secret string) SecretHash { return sha256.Sum256([]byte(secret)) }
+// Hash returns the stored form of a secret string. A secret of the usual
+// length is hashed from a stack copy, so verification does not allocate.
+func Hash(secret string) SecretHash {
+	if len(secret) <= SecretLen {
+		var buf [SecretLen]byte
+		n := copy(buf[:], secret)
+		return sha256.Sum256(buf[:n])
+	}
+	return sha256.Sum256([]byte(secret))
+}
 
 // Fingerprint is a short, non-secret name for a secret: anyone holding the
 // secret can compute it (`ledger token verify` prints it), nobody can go back
@@ -138,24 +146,28 @@ func CheckSecretFormat(s string) (Scope, error) {
 		return "", ErrMalformedSecret
 	}
 	var scope Scope
-	for sc, p := range secretPrefixes {
-		if s[:secretPrefixLen] == p {
-			scope = sc
-			break
-		}
-	}
-	if scope == "" {
+	switch s[:secretPrefixLen] {
+	case "tlo_":
+		scope = ScopeOrganization
+	case "tlw_":
+		scope = ScopeWorkspace
+	case "tld_":
+		scope = ScopeDeployment
+	default:
 		return "", ErrMalformedSecret
 	}
+	var bad byte
+	for i := secretPrefixLen; i < secretPrefixLen+secretBodyLen; i++ {
+		bad |= base62Values[s[i]]
+	}
 	var want uint64
-	for i := secretPrefixLen; i < SecretLen; i++ {
-		d := base62Value(s[i])
-		if d < 0 {
-			return "", ErrMalformedSecret
-		}
-		if i >= secretPrefixLen+secretBodyLen {
-			want = want*62 + uint64(d)
-		}
+	for i := secretPrefixLen + secretBodyLen; i < SecretLen; i++ {
+		d := base62Values[s[i]]
+		bad |= d
+		want = want*62 + uint64(d)
+	}
+	if bad&0x80 != 0 {
+		return "", ErrMalformedSecret
 	}
 	if uint64(crc32String(s[:secretPrefixLen+secretBodyLen])) != want {
 		return "", ErrMalformedSecret
@@ -163,19 +175,8 @@ func CheckSecretFormat(s string) (Scope, error) {
 	return scope, nil
 }
 
-func base62Value(c byte) int {
-	switch {
-	case c >= '0' && c <= '9':
-		return int(c - '0')
-	case c >= 'A' && c <= 'Z':
-		return int(c-'A') + 10
-	case c >= 'a' && c <= 'z':
-		return int(c-'a') + 36
-	}
-	return -1
-}
-
-// crc32String is crc32.ChecksumIEEE over a string without copying it to a slice.
+// crc32String is crc32.ChecksumIEEE over a string, without the copy (and the
+// allocation) that passing it to package crc32 would take.
 func crc32String(s string) uint32 {
 	crc := ^uint32(0)
 	for i := 0; i < len(s); i++ {
@@ -183,3 +184,14 @@ func crc32String(s string) uint32 {
 	}
 	return ^crc
 }
+
+// base62Values maps a byte to its base62 digit, or 0xff if it is not one.
+var base62Values = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i := range len(base62) {
+		t[base62[i]] = byte(i)
+	}
+	return t
+}()

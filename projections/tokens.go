@@ -262,8 +262,10 @@ const (
 	OutcomeQuarantined Outcome = "quarantined"
 )
 
-// Verdict is what Verify found. Token, a copy, is set for every outcome but
-// malformed and unknown.
+// Verdict is what Verify found. Token is set for every outcome but malformed
+// and unknown. It is the view's own token, shared so that verification does
+// not allocate: read it, and Clone it before anything that changes it (the
+// view never changes a token it has handed out; it replaces it).
 type Verdict struct {
 	Outcome Outcome
 	Token   *domain.Token
@@ -302,14 +304,14 @@ func (v *Tokens) Verify(secret string, now time.Time) Verdict {
 	if ent := v.byHash[h]; ent != nil {
 		switch {
 		case ent.quarantined:
-			return Verdict{Outcome: OutcomeQuarantined, Token: ent.token.Clone()}
+			return Verdict{Outcome: OutcomeQuarantined, Token: ent.token}
 		case ent.token.Status(now) == domain.StatusExpired:
-			return Verdict{Outcome: OutcomeExpired, Token: ent.token.Clone()}
+			return Verdict{Outcome: OutcomeExpired, Token: ent.token}
 		}
-		return Verdict{Outcome: OutcomeActive, Token: ent.token.Clone()}
+		return Verdict{Outcome: OutcomeActive, Token: ent.token}
 	}
 	if r, ok := v.retired[h]; ok {
-		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token.Clone()}
+		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token}
 	}
 	return Verdict{Outcome: OutcomeUnknown}
 }
