@@ -1,0 +1,405 @@
+package projections
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokenledger/tokenledger/domain"
+)
+
+// A snapshot is the whole token view at one stream sequence, so a restart
+// loads it and replays only the events after it. It lives in a file under the
+// ledger's --data directory (one per stream), written to a temporary name,
+// synced and renamed, so a crash never leaves half a snapshot in its place.
+//
+// Layout: the magic "TLSNAP\x00\x01", then varint-encoded fields (header,
+// tokens, retired secrets, idempotency keys), then SHA-256 of everything
+// before it. A snapshot is refused, and the caller rebuilds from the stream,
+// when the magic, format, checksum or any field is wrong, or (see Check) when
+// it was made from another stream or from beyond the stream's end.
+const snapshotMagic = "TLSNAP\x00\x01"
+
+// SnapshotFormat is bumped whenever the layout changes; older files are then
+// refused as incompatible.
+const SnapshotFormat = 1
+
+// ErrBadSnapshot marks a snapshot that cannot be used.
+var ErrBadSnapshot = errors.New("snapshot unusable")
+
+// SnapshotHeader says what a snapshot covers.
+type SnapshotHeader struct {
+	Stream        string
+	StreamCreated time.Time // tells a stream from a later one of the same name
+	Sequence      uint64
+}
+
+// Check refuses a snapshot that was not made from this stream or claims more
+// than the stream holds.
+func (h SnapshotHeader) Check(stream string, created time.Time, last uint64) error {
+	switch {
+	case h.Stream != stream:
+		return fmt.Errorf("%w: made from stream %q, not %q", ErrBadSnapshot, h.Stream, stream)
+	case !h.StreamCreated.Equal(created):
+		return fmt.Errorf("%w: made from an earlier stream %q (created %s, this one %s)", ErrBadSnapshot, stream, h.StreamCreated.Format(time.RFC3339Nano), created.Format(time.RFC3339Nano))
+	case h.Sequence > last:
+		return fmt.Errorf("%w: covers sequence %d but the stream ends at %d", ErrBadSnapshot, h.Sequence, last)
+	}
+	return nil
+}
+
+type savedEntry struct {
+	token       *domain.Token
+	lastSeq     uint64
+	quarantined bool
+}
+
+type savedRetired struct {
+	hash domain.SecretHash
+	retiredSecret
+}
+
+type savedKeyed struct {
+	eventID string
+	Applied
+}
+
+// WriteSnapshot writes the view to w and returns the sequence it covers. The
+// view is copied under its read lock (tokens are never changed in place, so a
+// shallow copy is a consistent one) and encoded after, so events keep being
+// applied while the bytes are written.
+func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Time) (uint64, error) {
+	v.mu.RLock()
+	seq, rejected := v.seq, v.rejected
+	entries := make([]savedEntry, 0, len(v.byKey))
+	for _, e := range v.byKey {
+		entries = append(entries, savedEntry{e.token, e.lastSeq, e.quarantined})
+	}
+	retired := make([]savedRetired, 0, len(v.retired))
+	for h, r := range v.retired {
+		retired = append(retired, savedRetired{h, r})
+	}
+	keyed := make([]savedKeyed, 0, len(v.keyed))
+	for id, a := range v.keyed {
+		keyed = append(keyed, savedKeyed{id, a})
+	}
+	v.mu.RUnlock()
+	// Sorted, so equal views give equal bytes (Digest relies on it).
+	slices.SortFunc(entries, func(a, b savedEntry) int {
+		return cmp.Or(strings.Compare(a.token.OrganizationID(), b.token.OrganizationID()), strings.Compare(a.token.ID(), b.token.ID()))
+	})
+	slices.SortFunc(retired, func(a, b savedRetired) int { return bytes.Compare(a.hash[:], b.hash[:]) })
+	slices.SortFunc(keyed, func(a, b savedKeyed) int { return strings.Compare(a.eventID, b.eventID) })
+
+	sum := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
+	enc := &encoder{w: bw}
+	enc.raw([]byte(snapshotMagic))
+	enc.uint(SnapshotFormat)
+	enc.str(stream)
+	enc.time(streamCreated)
+	enc.uint(seq)
+	enc.uint(uint64(rejected))
+	enc.uint(uint64(len(entries)))
+	for _, e := range entries {
+		enc.token(e.token.State())
+		enc.uint(e.lastSeq)
+		enc.bool(e.quarantined)
+	}
+	enc.uint(uint64(len(retired)))
+	for _, r := range retired {
+		enc.raw(r.hash[:])
+		enc.str(r.key.org)
+		enc.str(r.key.id)
+		enc.str(string(r.reason))
+	}
+	enc.uint(uint64(len(keyed)))
+	for _, k := range keyed {
+		enc.str(k.eventID)
+		enc.uint(k.Sequence)
+		enc.str(k.TokenID)
+		enc.str(string(k.Type))
+		enc.str(k.RequestHash)
+	}
+	if enc.err == nil {
+		enc.err = bw.Flush()
+	}
+	if enc.err != nil {
+		return 0, fmt.Errorf("write snapshot: %w", enc.err)
+	}
+	if _, err := w.Write(sum.Sum(nil)); err != nil {
+		return 0, fmt.Errorf("write snapshot: %w", err)
+	}
+	return seq, nil
+}
+
+// Digest is a SHA-256 over everything the view holds, in a canonical order:
+// two views are equal exactly when their digests are.
+func (v *Tokens) Digest() [sha256.Size]byte {
+	h := sha256.New()
+	_, _ = v.WriteSnapshot(h, "", time.Time{}) // a hash.Hash never fails to write
+	var out [sha256.Size]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// ReadSnapshot decodes a snapshot into a new view. Any fault gives an error
+// wrapping ErrBadSnapshot, never a partial view.
+func ReadSnapshot(r io.Reader) (*Tokens, SnapshotHeader, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, SnapshotHeader{}, fmt.Errorf("read snapshot: %w", err)
+	}
+	if len(b) < len(snapshotMagic)+sha256.Size || string(b[:len(snapshotMagic)]) != snapshotMagic {
+		return nil, SnapshotHeader{}, fmt.Errorf("%w: not a TokenLedger snapshot", ErrBadSnapshot)
+	}
+	body, want := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], want) {
+		return nil, SnapshotHeader{}, fmt.Errorf("%w: checksum does not match (corrupt or truncated)", ErrBadSnapshot)
+	}
+	d := &decoder{b: body[len(snapshotMagic):]}
+	if f := d.uint(); f != SnapshotFormat {
+		return nil, SnapshotHeader{}, fmt.Errorf("%w: format %d, this ledger reads %d", ErrBadSnapshot, f, SnapshotFormat)
+	}
+	h := SnapshotHeader{Stream: d.str(), StreamCreated: d.time(), Sequence: d.uint()}
+	v := NewTokens()
+	v.seq = h.Sequence
+	v.rejected = int(d.uint())
+	n := d.count()
+	for range n {
+		t := domain.RestoreToken(d.token())
+		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
+		key := tokenKey{t.OrganizationID(), t.ID()}
+		v.byKey[key] = ent
+		v.reindex(key, ent, nil)
+	}
+	for range d.count() {
+		var r savedRetired
+		copy(r.hash[:], d.raw(len(r.hash)))
+		r.key = tokenKey{d.str(), d.str()}
+		r.reason = Outcome(d.str())
+		v.retired[r.hash] = r.retiredSecret
+	}
+	for range d.count() {
+		id := d.str()
+		v.keyed[id] = Applied{Sequence: d.uint(), TokenID: d.str(), Type: domain.EventType(d.str()), RequestHash: d.str()}
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.err = errors.New("trailing bytes")
+	}
+	if d.err != nil {
+		return nil, SnapshotHeader{}, fmt.Errorf("%w: %v", ErrBadSnapshot, d.err)
+	}
+	return v, h, nil
+}
+
+// SaveSnapshot writes the view to path atomically and returns the sequence it
+// covers.
+func (v *Tokens) SaveSnapshot(path, stream string, streamCreated time.Time) (uint64, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return 0, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
+	seq, err := v.WriteSnapshot(tmp, stream, streamCreated)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("save snapshot %s: %w", path, err)
+	}
+	return seq, nil
+}
+
+// LoadSnapshot reads a snapshot file; os.ErrNotExist if there is none.
+func LoadSnapshot(path string) (*Tokens, SnapshotHeader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, SnapshotHeader{}, err
+	}
+	defer f.Close()
+	return ReadSnapshot(f)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// encoder writes varints and length-prefixed bytes, keeping the first error.
+type encoder struct {
+	w   *bufio.Writer
+	buf [binary.MaxVarintLen64]byte
+	err error
+}
+
+func (e *encoder) raw(b []byte) {
+	if e.err == nil {
+		_, e.err = e.w.Write(b)
+	}
+}
+
+func (e *encoder) uint(n uint64) { e.raw(e.buf[:binary.PutUvarint(e.buf[:], n)]) }
+
+func (e *encoder) str(s string) {
+	e.uint(uint64(len(s)))
+	if e.err == nil {
+		_, e.err = e.w.WriteString(s)
+	}
+}
+
+func (e *encoder) bool(b bool) {
+	if b {
+		e.uint(1)
+	} else {
+		e.uint(0)
+	}
+}
+
+// time writes 0 for the zero time, else 1 and Unix nanoseconds.
+func (e *encoder) time(t time.Time) {
+	if t.IsZero() {
+		e.uint(0)
+		return
+	}
+	e.uint(1)
+	e.raw(e.buf[:binary.PutVarint(e.buf[:], t.UnixNano())])
+}
+
+func (e *encoder) token(s domain.TokenState) {
+	e.str(s.ID)
+	e.str(s.OrganizationID)
+	e.str(string(s.Scope))
+	e.str(s.WorkspaceID)
+	e.str(s.DeploymentID)
+	e.str(s.Name)
+	e.str(s.Description)
+	e.str(string(s.Role))
+	ws := make([]string, 0, len(s.WorkspaceRoles))
+	for w := range s.WorkspaceRoles {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	e.uint(uint64(len(ws)))
+	for _, w := range ws {
+		e.str(w)
+		e.str(string(s.WorkspaceRoles[w]))
+	}
+	e.uint(uint64(s.ExpirationDays))
+	e.time(s.ExpiresAt)
+	e.time(s.CreatedAt)
+	e.time(s.UpdatedAt)
+	e.time(s.RotatedAt)
+	e.time(s.DeletedAt)
+	e.uint(s.Version)
+	e.raw(s.SecretHash[:])
+	e.str(s.Fingerprint)
+}
+
+// decoder reads what encoder wrote; after the first fault every read returns
+// zero values and err says what went wrong.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("malformed %s", what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) uint() uint64 {
+	n, k := binary.Uvarint(d.b)
+	if k <= 0 {
+		d.fail("number")
+		return 0
+	}
+	d.b = d.b[k:]
+	return n
+}
+
+// count reads a length and refuses one larger than the bytes left could hold.
+func (d *decoder) count() int {
+	n := d.uint()
+	if n > uint64(len(d.b)) {
+		d.fail("count")
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) raw(n int) []byte {
+	if n > len(d.b) {
+		d.fail("field")
+		return make([]byte, n)
+	}
+	out := d.b[:n]
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *decoder) str() string { return string(d.raw(d.count())) }
+
+func (d *decoder) bool() bool { return d.uint() == 1 }
+
+func (d *decoder) time() time.Time {
+	if d.uint() == 0 {
+		return time.Time{}
+	}
+	n, k := binary.Varint(d.b)
+	if k <= 0 {
+		d.fail("time")
+		return time.Time{}
+	}
+	d.b = d.b[k:]
+	return time.Unix(0, n).UTC()
+}
+
+func (d *decoder) token() domain.TokenState {
+	s := domain.TokenState{
+		ID: d.str(), OrganizationID: d.str(), Scope: domain.Scope(d.str()),
+		WorkspaceID: d.str(), DeploymentID: d.str(), Name: d.str(), Description: d.str(),
+		Role: domain.Role(d.str()),
+	}
+	if n := d.count(); n > 0 {
+		s.WorkspaceRoles = make(map[string]domain.Role, n)
+		for range n {
+			w := d.str()
+			s.WorkspaceRoles[w] = domain.Role(d.str())
+		}
+	}
+	s.ExpirationDays = int(d.uint())
+	s.ExpiresAt, s.CreatedAt, s.UpdatedAt, s.RotatedAt, s.DeletedAt = d.time(), d.time(), d.time(), d.time(), d.time()
+	s.Version = d.uint()
+	copy(s.SecretHash[:], d.raw(len(s.SecretHash)))
+	s.Fingerprint = d.str()
+	return s
+}
