@@ -178,6 +178,22 @@ func isWrongLastSequence(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
+// Identity is what tells this stream from any other of the same name (its
+// creation time) and how far it reaches.
+type Identity struct {
+	Created      time.Time
+	LastSequence uint64
+}
+
+// Identity reads the stream's creation time and last sequence.
+func (s *Store) Identity(ctx context.Context) (Identity, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return Identity{}, fmt.Errorf("stream %s info: %w", s.cfg.Stream, err)
+	}
+	return Identity{Created: info.Created, LastSequence: info.State.LastSeq}, nil
+}
+
 // LastSequence is the stream sequence of the newest event (0: none).
 func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	info, err := s.stream.Info(ctx)

@@ -24,7 +24,6 @@ import (
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
-	"github.com/tokenledger/tokenledger/projections"
 )
 
 type serveOptions struct {
@@ -36,6 +35,10 @@ type serveOptions struct {
 	stream     string
 	replicas   int
 	memory     bool
+	rebuild    bool
+	// snapshotEvery is how often the token view is saved while it changes (0:
+	// only at shutdown).
+	snapshotEvery time.Duration
 }
 
 func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
@@ -74,6 +77,8 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	f.StringVar(&o.org, "org", "default", "organization of the bootstrap token made on the first start")
 	f.StringVar(&o.stream, "stream", "TOKENS", "JetStream stream name")
 	f.IntVar(&o.replicas, "replicas", 1, "stream replicas (3 on a cluster)")
+	f.BoolVar(&o.rebuild, "rebuild", false, "discard the view's snapshot and rebuild it from the first event")
+	f.DurationVar(&o.snapshotEvery, "snapshot-every", time.Minute, "how often to save the view's snapshot while it changes (0: only at shutdown)")
 	f.BoolVar(&o.memory, "memory-storage", false, "keep the stream in memory (tests and benchmarks only: nothing survives a restart)")
 	return cmd
 }
@@ -89,6 +94,7 @@ type node struct {
 // startLedger brings a ledger up and returns once its views have caught up
 // with the stream and the API is listening.
 func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, error) {
+	started := time.Now()
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data %s: %w", o.dataDir, err)
 	}
@@ -145,14 +151,39 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		return nil, err
 	}
 
-	view := projections.NewTokens()
+	// The view starts from its snapshot under --data when there is a usable
+	// one, and replays only the events after it.
+	snapshot := filepath.Join(o.dataDir, "snapshots", cfg.Stream+".snap")
+	view, err := app.OpenView(openCtx, store, snapshot, o.rebuild, log)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	saved := view.Sequence()
 	ledger := app.New(store, view)
 	closers = append(closers, app.Feed(store, view, func(err error) { log.Error("token view", "error", err) }))
-	if err := ledger.CatchUp(openCtx); err != nil {
+	if err := ledger.CatchUp(ctx); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("catch up with stream %s: %w", cfg.Stream, err)
 	}
-	log.Info("token view ready", "stream", cfg.Stream, "sequence", view.Sequence())
+	log.Info("token view ready", "stream", cfg.Stream, "sequence", view.Sequence(), "ready_ms", time.Since(started).Milliseconds())
+	keepCtx, stopKeeping := context.WithCancel(context.Background())
+	kept := make(chan uint64, 1)
+	go func() {
+		if o.snapshotEvery <= 0 {
+			kept <- saved
+			return
+		}
+		kept <- app.KeepSnapshots(keepCtx, store, view, snapshot, o.snapshotEvery, saved, log)
+	}()
+	closers = append(closers, func() {
+		stopKeeping()
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := app.SaveView(sctx, store, view, snapshot, <-kept, log); err != nil {
+			log.Error("snapshot not saved at shutdown", "error", err)
+		}
+	})
 
 	if n.bootstrapPath, err = bootstrap(openCtx, ledger, o, log); err != nil {
 		closeAll()

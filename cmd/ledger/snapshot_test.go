@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/tokenledger/tokenledger/httpapi"
+)
+
+func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
+	ns := eventstoretest.MustServer(t)
+	dir := t.TempDir()
+	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: ns.ClientURL(), org: "acme", stream: "TOKENS", replicas: 1}
+	var logs bytes.Buffer
+	start := func(o serveOptions) (*node, *httpapi.Client) {
+		t.Helper()
+		n, err := startLedger(context.Background(), o, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret, _ := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
+		return n, httpapi.NewClient("http://"+n.httpAddr, strings.TrimSpace(string(secret)))
+	}
+	list := func(c *httpapi.Client) string {
+		t.Helper()
+		l, err := c.ListTokens(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, tok := range l.Tokens {
+			b.WriteString(tok.ID + " " + tok.Name + " " + string(tok.Status) + " " + tok.Fingerprint + "\n")
+		}
+		return b.String()
+	}
+	restart := func(n *node, o serveOptions, wantLog string) (*node, *httpapi.Client) {
+		t.Helper()
+		_ = n.close()
+		logs.Reset()
+		n, c := start(o)
+		if !strings.Contains(logs.String(), wantLog) {
+			t.Fatalf("log lacks %q:\n%s", wantLog, logs.String())
+		}
+		return n, c
+	}
+
+	n, c := start(opts)
+	if !strings.Contains(logs.String(), "no snapshot") {
+		t.Fatalf("first start should say it has no snapshot:\n%s", logs.String())
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := c.CreateToken(context.Background(), httpapi.CreateRequest{Scope: "organization", Name: name}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := list(c)
+
+	// A clean stop saves a snapshot; the next start loads it.
+	n, c = restart(n, opts, "snapshot loaded")
+	if got := list(c); got != want {
+		t.Fatalf("after a restart from the snapshot:\n%s\nwant\n%s", got, want)
+	}
+	// Events after the snapshot are replayed on top of it.
+	if _, err := c.CreateToken(context.Background(), httpapi.CreateRequest{Scope: "organization", Name: "d"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	want = list(c)
+
+	// A corrupt snapshot is detected, said so, and the view rebuilt.
+	path := filepath.Join(dir, "snapshots", "TOKENS.snap")
+	_ = n.close()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	n, c = start(opts)
+	if !strings.Contains(logs.String(), "snapshot unusable") || !strings.Contains(logs.String(), "checksum") {
+		t.Fatalf("corrupt snapshot not reported:\n%s", logs.String())
+	}
+	if got := list(c); got != want {
+		t.Fatalf("after a corrupt snapshot:\n%s\nwant\n%s", got, want)
+	}
+
+	// --rebuild discards a good snapshot and replays everything.
+	rebuild := opts
+	rebuild.rebuild = true
+	n, c = restart(n, rebuild, "rebuild requested")
+	if got := list(c); got != want {
+		t.Fatalf("after --rebuild:\n%s\nwant\n%s", got, want)
+	}
+	_ = n.close()
+}
