@@ -448,11 +448,13 @@ func TestHealthAndTheAPIDescriptionNeedNoToken(t *testing.T) {
 	}
 	// Every route the server answers is described, with its methods.
 	for path, methods := range map[string][]string{
-		"/healthz":               {"get"},
-		"/openapi.yaml":          {"get"},
-		"/v1/tokens":             {"get", "post"},
-		"/v1/tokens/{id}":        {"get", "patch", "delete"},
-		"/v1/tokens/{id}/rotate": {"post"},
+		"/healthz":                {"get"},
+		"/openapi.yaml":           {"get"},
+		"/v1/tokens":              {"get", "post"},
+		"/v1/tokens/{id}":         {"get", "patch", "delete"},
+		"/v1/tokens/{id}/rotate":  {"post"},
+		"/v1/tokens/{id}/history": {"get"},
+		"/v1/roles":               {"get"},
 		"/v1/tokens/{id}/workspaces/{workspace_id}": {"put", "delete"},
 		"/v1/verify": {"post"},
 	} {

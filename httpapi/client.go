@@ -103,8 +103,21 @@ func (c *Client) CreateToken(ctx context.Context, req CreateRequest, idempotency
 
 // ListTokens lists the caller's organization's tokens.
 func (c *Client) ListTokens(ctx context.Context) (TokenList, error) {
+	return c.ListTokensWhere(ctx, TokenQuery{})
+}
+
+// ListTokensWhere lists the caller's organization's tokens that match q.
+func (c *Client) ListTokensWhere(ctx context.Context, q TokenQuery) (TokenList, error) {
+	v := url.Values{}
+	for name, value := range map[string]string{
+		"scope": q.Scope, "workspace_id": q.WorkspaceID, "deployment_id": q.DeploymentID, "role": q.Role, "status": q.Status,
+	} {
+		if value != "" {
+			v.Set(name, value)
+		}
+	}
 	var l TokenList
-	err := c.do(ctx, http.MethodGet, "/v1/tokens", nil, nil, &l)
+	err := c.do(ctx, http.MethodGet, withQuery("/v1/tokens", v), nil, nil, &l)
 	return l, err
 }
 
@@ -113,6 +126,44 @@ func (c *Client) GetToken(ctx context.Context, id string) (Token, error) {
 	var t Token
 	err := c.do(ctx, http.MethodGet, tokenPath(id), nil, nil, &t)
 	return t, err
+}
+
+// GetTokenAt reads a token as it was at time at, given in RFC 3339 form (the
+// ledger checks it).
+func (c *Client) GetTokenAt(ctx context.Context, id, at string) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodGet, withQuery(tokenPath(id), url.Values{"at": {at}}), nil, nil, &t)
+	return t, err
+}
+
+// TokenHistory reads a token's events, oldest first.
+func (c *Client) TokenHistory(ctx context.Context, id string) (History, error) {
+	var h History
+	err := c.do(ctx, http.MethodGet, tokenPath(id)+"/history", nil, nil, &h)
+	return h, err
+}
+
+// Roles lists the tokens that can act now in workspace workspaceID or in
+// deployment deploymentID. Give one of them; the ledger refuses both or
+// neither.
+func (c *Client) Roles(ctx context.Context, workspaceID, deploymentID string) (HoldingList, error) {
+	v := url.Values{}
+	if workspaceID != "" {
+		v.Set("workspace_id", workspaceID)
+	}
+	if deploymentID != "" {
+		v.Set("deployment_id", deploymentID)
+	}
+	var l HoldingList
+	err := c.do(ctx, http.MethodGet, withQuery("/v1/roles", v), nil, nil, &l)
+	return l, err
+}
+
+func withQuery(path string, v url.Values) string {
+	if len(v) == 0 {
+		return path
+	}
+	return path + "?" + v.Encode()
 }
 
 // UpdateToken changes name, description or role.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,13 +35,17 @@ type harness struct {
 	owner   string // secret of acme's bootstrap owner
 	ownerID string
 	logs    *bytes.Buffer
+	// skew is how far the ledger's clock runs ahead of the real one (see
+	// advance).
+	skew atomic.Int64
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	store, _, ns := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
-	ledger := app.New(store, view)
+	h := &harness{t: t, store: store, view: view, dir: ns.JetStreamConfig().StoreDir}
+	ledger := app.New(store, view, app.WithClock(h.now))
 	t.Cleanup(app.Feed(store, view, nil))
 
 	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
@@ -50,8 +55,15 @@ func newHarness(t *testing.T) *harness {
 	logs := &bytes.Buffer{}
 	srv := httptest.NewServer(httpapi.NewServer(ledger, slog.New(slog.NewTextHandler(logs, nil)), nil))
 	t.Cleanup(srv.Close)
-	return &harness{t: t, store: store, view: view, ledger: ledger, srv: srv, owner: secret.Reveal(), ownerID: tok.ID(), logs: logs, dir: ns.JetStreamConfig().StoreDir}
+	h.ledger, h.srv, h.owner, h.ownerID, h.logs = ledger, srv, secret.Reveal(), tok.ID(), logs
+	return h
 }
+
+// now is the ledger's clock: the real time, moved on by advance.
+func (h *harness) now() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }
+
+// advance moves the ledger's clock on by d.
+func (h *harness) advance(d time.Duration) { h.skew.Add(int64(d)) }
 
 func (h *harness) storeDir() string { return h.dir }
 

@@ -49,6 +49,8 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 	s.mux.Handle("POST /v1/tokens", s.authed(s.createToken))
 	s.mux.Handle("GET /v1/tokens", s.authed(s.listTokens))
 	s.mux.Handle("GET /v1/tokens/{id}", s.authed(s.getToken))
+	s.mux.Handle("GET /v1/tokens/{id}/history", s.authed(s.tokenHistory))
+	s.mux.Handle("GET /v1/roles", s.authed(s.roles))
 	s.mux.Handle("PATCH /v1/tokens/{id}", s.authed(s.updateToken))
 	s.mux.Handle("DELETE /v1/tokens/{id}", s.authed(s.deleteToken))
 	s.mux.Handle("POST /v1/tokens/{id}/rotate", s.authed(s.rotateToken))
@@ -57,11 +59,13 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 	s.mux.Handle("POST /v1/verify", s.authed(s.verify))
 	// A known path with another method gets 405 and the methods it takes.
 	for path, allow := range map[string]string{
-		"/healthz":               "GET",
-		"/openapi.yaml":          "GET",
-		"/v1/tokens":             "GET, POST",
-		"/v1/tokens/{id}":        "GET, PATCH, DELETE",
-		"/v1/tokens/{id}/rotate": "POST",
+		"/healthz":                "GET",
+		"/openapi.yaml":           "GET",
+		"/v1/tokens":              "GET, POST",
+		"/v1/tokens/{id}":         "GET, PATCH, DELETE",
+		"/v1/tokens/{id}/rotate":  "POST",
+		"/v1/tokens/{id}/history": "GET",
+		"/v1/roles":               "GET",
 		"/v1/tokens/{id}/workspaces/{workspace_id}": "PUT, DELETE",
 		"/v1/verify": "POST",
 	} {
@@ -357,12 +361,31 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c app.Calle
 	return s.commandAnswer(w, res, true)
 }
 
+// queryValue returns a query parameter, or nil when it is absent. One given
+// empty is present, and judged like any other value: a script whose variable
+// is unset must not get an unfiltered answer.
+func queryValue(r *http.Request, name string) *string {
+	q := r.URL.Query()
+	if !q.Has(name) {
+		return nil
+	}
+	v := q.Get(name)
+	return &v
+}
+
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, c app.Caller) error {
 	min, err := minSequence(r)
 	if err != nil {
 		return err
 	}
-	toks, seq, err := s.ledger.ListTokens(r.Context(), c, min)
+	filter := app.TokenFilter{
+		Scope:        queryValue(r, "scope"),
+		WorkspaceID:  queryValue(r, "workspace_id"),
+		DeploymentID: queryValue(r, "deployment_id"),
+		Role:         queryValue(r, "role"),
+		Status:       queryValue(r, "status"),
+	}
+	toks, seq, err := s.ledger.FindTokens(r.Context(), c, filter, min)
 	if err != nil {
 		return err
 	}
@@ -381,12 +404,72 @@ func (s *Server) getToken(w http.ResponseWriter, r *http.Request, c app.Caller) 
 	if err != nil {
 		return err
 	}
+	if at := queryValue(r, "at"); at != nil {
+		return s.getTokenAt(w, r, c, *at)
+	}
 	tok, seq, err := s.ledger.GetToken(r.Context(), c, r.PathValue("id"), min)
 	if err != nil {
 		return err
 	}
 	out := tokenJSON(tok, s.ledger.Now())
 	out.Sequence = seq
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// getTokenAt answers GET /v1/tokens/{id}?at=T: the token as it was at T,
+// read from the stream (so min_sequence has nothing to wait for), with its
+// status judged at T.
+func (s *Server) getTokenAt(w http.ResponseWriter, r *http.Request, c app.Caller, raw string) error {
+	at, err := time.Parse(time.RFC3339, strings.TrimSpace(raw))
+	if err != nil {
+		return domain.Invalid("at", "must be a time in RFC 3339 form, such as 2026-01-02T15:04:05Z")
+	}
+	tok, seq, err := s.ledger.TokenAt(r.Context(), c, r.PathValue("id"), at)
+	if err != nil {
+		return err
+	}
+	out := tokenJSON(tok, at)
+	out.Sequence = seq
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) tokenHistory(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	id := r.PathValue("id")
+	recs, err := s.ledger.TokenHistory(r.Context(), c, id)
+	if err != nil {
+		return err
+	}
+	out := History{TokenID: id, Events: make([]HistoryEvent, len(recs))}
+	for i, rec := range recs {
+		if out.Events[i], err = historyJSON(rec.Sequence, rec.Event); err != nil {
+			return err
+		}
+		out.Sequence = rec.Sequence
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) roles(w http.ResponseWriter, r *http.Request, c app.Caller) error {
+	min, err := minSequence(r)
+	if err != nil {
+		return err
+	}
+	ws, dep := queryValue(r, "workspace_id"), queryValue(r, "deployment_id")
+	hs, seq, err := s.ledger.Holdings(r.Context(), c, ws, dep, min)
+	if err != nil {
+		return err
+	}
+	place := "" // a deployment's holders are deployment tokens, which name their workspace
+	if ws != nil {
+		place = *ws
+	}
+	out := HoldingList{Holdings: make([]Holding, len(hs)), Sequence: seq}
+	for i, h := range hs {
+		out.Holdings[i] = holdingJSON(h, place)
+	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

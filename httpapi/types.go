@@ -4,7 +4,12 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"maps"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -30,6 +35,9 @@ type Token struct {
 	Status         domain.Status     `json:"status"`
 	Version        uint64            `json:"version"`
 	Fingerprint    string            `json:"fingerprint"`
+	// Roles lists every role the token has, wherever it has it. A deleted or
+	// expired token keeps its roles here; Status says whether it can use them.
+	Roles []RoleGrant `json:"roles"`
 	// Sequence is the stream sequence the answer reflects: the command's for a
 	// command, the token's last event's for a read. Pass it as min_sequence to
 	// a later read to be sure it sees at least this.
@@ -39,6 +47,75 @@ type Token struct {
 	// IdempotentReplay: this answer is for a retried command that was already
 	// stored; nothing new was written and no secret can be shown.
 	IdempotentReplay bool `json:"idempotent_replay,omitempty"`
+}
+
+// Role levels: where a RoleGrant is held.
+const (
+	LevelOrganization = "organization"
+	LevelWorkspace    = "workspace"
+	LevelDeployment   = "deployment"
+)
+
+// RoleGrant is one role a token has: at the organization, in a workspace or
+// in a deployment, named by ID.
+type RoleGrant struct {
+	Level string      `json:"level"`
+	ID    string      `json:"id"`
+	Role  domain.Role `json:"role"`
+}
+
+// TokenQuery narrows a list of tokens; empty fields do not filter (see
+// GET /v1/tokens in openapi.yaml).
+type TokenQuery struct {
+	Scope        string
+	WorkspaceID  string
+	DeploymentID string
+	Role         string
+	Status       string
+}
+
+// Holding is a token that can act in a workspace or deployment, with the role
+// it holds there and how.
+type Holding struct {
+	TokenID string       `json:"token_id"`
+	Name    string       `json:"name"`
+	Scope   domain.Scope `json:"scope"`
+	Role    domain.Role  `json:"role"`
+	How     string       `json:"how"`
+	// WorkspaceID is the workspace the role is held in (for an organization
+	// token, the workspace it is assigned to).
+	WorkspaceID string `json:"workspace_id"`
+	// DeploymentID is a deployment token's deployment; null otherwise.
+	DeploymentID *string `json:"deployment_id"`
+}
+
+// HoldingList is the answer to GET /v1/roles.
+type HoldingList struct {
+	Holdings []Holding `json:"holdings"`
+	Sequence uint64    `json:"sequence"`
+}
+
+// HistoryEvent is one event of a token's history. Data holds the event
+// type's fields, without the secret's hashes.
+type HistoryEvent struct {
+	Sequence     uint64           `json:"sequence"`
+	EventID      string           `json:"event_id"`
+	EventType    domain.EventType `json:"event_type"`
+	OccurredAt   time.Time        `json:"occurred_at"`
+	Version      uint64           `json:"version"`
+	ActorTokenID string           `json:"actor_token_id"`
+	RequestID    string           `json:"request_id"`
+	SourceIP     string           `json:"source_ip"`
+	UserAgent    string           `json:"user_agent"`
+	Data         map[string]any   `json:"data"`
+}
+
+// History is the answer to GET /v1/tokens/{id}/history: the token's events,
+// oldest first, and the stream sequence of the last.
+type History struct {
+	TokenID  string         `json:"token_id"`
+	Events   []HistoryEvent `json:"events"`
+	Sequence uint64         `json:"sequence"`
 }
 
 // TokenList is the answer to a list.
@@ -122,7 +199,85 @@ func tokenJSON(t *domain.Token, now time.Time) Token {
 	if r := t.RotatedAt(); !r.IsZero() {
 		out.RotatedAt = &r
 	}
+	out.Roles = roleGrants(t)
 	return out
+}
+
+// roleGrants lists every role of t: an organization token's organization role
+// and its workspace roles (by workspace id), a workspace token's role in its
+// workspace, a deployment token's role in its deployment.
+func roleGrants(t *domain.Token) []RoleGrant {
+	switch t.Scope() {
+	case domain.ScopeWorkspace:
+		return []RoleGrant{{Level: LevelWorkspace, ID: t.WorkspaceID(), Role: t.Role()}}
+	case domain.ScopeDeployment:
+		return []RoleGrant{{Level: LevelDeployment, ID: t.DeploymentID(), Role: t.Role()}}
+	}
+	ws := t.WorkspaceRoles()
+	out := make([]RoleGrant, 0, 1+len(ws))
+	out = append(out, RoleGrant{Level: LevelOrganization, ID: t.OrganizationID(), Role: t.Role()})
+	ids := make([]string, 0, len(ws))
+	for id := range ws {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		out = append(out, RoleGrant{Level: LevelWorkspace, ID: id, Role: ws[id]})
+	}
+	return out
+}
+
+func holdingJSON(h projections.Holding, workspaceID string) Holding {
+	t := h.Token
+	out := Holding{TokenID: t.ID(), Name: t.Name(), Scope: t.Scope(), Role: h.Role, How: string(h.How), WorkspaceID: workspaceID}
+	if t.Scope() != domain.ScopeOrganization {
+		out.WorkspaceID = t.WorkspaceID()
+	}
+	if d := t.DeploymentID(); d != "" {
+		out.DeploymentID = &d
+	}
+	return out
+}
+
+func historyJSON(seq uint64, e domain.Event) (HistoryEvent, error) {
+	data, err := historyData(e.Data)
+	if err != nil {
+		return HistoryEvent{}, fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
+	}
+	return HistoryEvent{
+		Sequence:     seq,
+		EventID:      e.ID,
+		EventType:    e.Type,
+		OccurredAt:   e.OccurredAt,
+		Version:      e.Version,
+		ActorTokenID: e.Actor.TokenID,
+		RequestID:    e.Actor.RequestID,
+		SourceIP:     e.Actor.SourceIP,
+		UserAgent:    e.Actor.UserAgent,
+		Data:         data,
+	}, nil
+}
+
+// historyData is an event's data as the API shows it: every field but the
+// secret's hashes. Any field whose name mentions a hash is left out, so a
+// hash the domain adds later is not shown by accident; fingerprints stay.
+func historyData(d domain.EventData) (map[string]any, error) {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	out := map[string]any{}
+	if err := dec.Decode(&out); err != nil {
+		return nil, err
+	}
+	for k := range out {
+		if strings.Contains(k, "hash") {
+			delete(out, k)
+		}
+	}
+	return out, nil
 }
 
 func verificationJSON(v projections.Verdict) Verification {
