@@ -46,6 +46,9 @@ var defaultRole = map[Scope]Role{
 	ScopeDeployment:   RoleDeploymentAdmin,
 }
 
+// RolesOf returns the roles a token of scope s may hold, most powerful first.
+func RolesOf(s Scope) []Role { return append([]Role(nil), rolesByScope[s]...) }
+
 // ParseScope accepts a scope in any case ("workspace" or "WORKSPACE").
 func ParseScope(s string) (Scope, error) {
 	sc := Scope(strings.ToUpper(strings.TrimSpace(s)))

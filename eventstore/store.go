@@ -219,6 +219,7 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 	info := cons.CachedInfo()
 	pending := info.NumPending
 	out := make([]Recorded, 0, pending)
+	dec := &eventDecoder{}
 	for uint64(len(out)) < pending {
 		batch, err := cons.Fetch(int(pending)-len(out), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -227,7 +228,7 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			rec, err := s.decode(msg)
+			rec, _, err := s.decode(dec, msg)
 			if err == nil {
 				err = rec.Err
 			}
@@ -269,21 +270,60 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	}
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
-	defer iter.Stop()
-	for {
-		msg, err := iter.Next()
-		if err != nil {
+
+	// Reading and decoding run on their own goroutine, handling on this one,
+	// with batches between them: a replay then uses both cores. A batch goes
+	// as soon as the consumer has nothing more pending, so a live event is
+	// handed on at once.
+	batches := make(chan followBatch, 4)
+	go s.read(iter, batches)
+	defer func() {
+		iter.Stop()
+		for range batches { // let the reader finish
+		}
+	}()
+	for b := range batches {
+		for _, rec := range b.recs {
+			if err := handle(rec); err != nil {
+				return err
+			}
+		}
+		if b.err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, b.err)
 		}
-		rec, err := s.decode(msg)
+	}
+	return ctx.Err()
+}
+
+type followBatch struct {
+	recs []Recorded
+	err  error // reading stopped after recs
+}
+
+const followBatchSize = 256
+
+func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch) {
+	defer close(out)
+	dec := &eventDecoder{}
+	recs := make([]Recorded, 0, followBatchSize)
+	for {
+		msg, err := iter.Next()
 		if err != nil {
-			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+			out <- followBatch{recs: recs, err: err}
+			return
 		}
-		if err := handle(rec); err != nil {
-			return err
+		rec, pending, err := s.decode(dec, msg)
+		if err != nil {
+			out <- followBatch{recs: recs, err: err}
+			return
+		}
+		recs = append(recs, rec)
+		if pending == 0 || len(recs) == followBatchSize {
+			out <- followBatch{recs: recs}
+			recs = make([]Recorded, 0, followBatchSize)
 		}
 	}
 }
@@ -304,34 +344,39 @@ func (s *Store) Get(ctx context.Context, seq uint64) (Recorded, error) {
 // decode reads a stream message. Its error means the message carries no
 // stream metadata at all (it did not come from the stream); a message that is
 // not a valid event comes back with Recorded.Err.
-func (s *Store) decode(msg jetstream.Msg) (Recorded, error) {
+func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, pending uint64, err error) {
 	meta, err := msg.Metadata()
 	if err != nil {
-		return Recorded{}, fmt.Errorf("event metadata: %w", err)
+		return Recorded{}, 0, fmt.Errorf("event metadata: %w", err)
 	}
-	rec := Recorded{Sequence: meta.Sequence.Stream}
-	rec.OrganizationID, rec.TokenID = s.parseSubject(msg.Subject())
-	var e domain.Event
-	switch err := json.Unmarshal(msg.Data(), &e); {
+	rec = Recorded{Sequence: meta.Sequence.Stream}
+	var typ string
+	rec.OrganizationID, rec.TokenID, typ = s.parseSubject(msg.Subject())
+	e, err := dec.decode(msg.Data())
+	switch {
 	case err != nil:
 		rec.Err = fmt.Errorf("message at sequence %d on %s is not an event: %w", rec.Sequence, msg.Subject(), err)
-	case s.Subject(e) != msg.Subject():
+	case e.OrganizationID != rec.OrganizationID || e.TokenID != rec.TokenID || string(e.Type) != typ:
 		rec.Err = fmt.Errorf("event %s at sequence %d is stored on %s but is about %s", e.ID, rec.Sequence, msg.Subject(), s.Subject(e))
 	default:
 		rec.Event = e
 	}
-	return rec, nil
+	return rec, meta.NumPending, nil
 }
 
-// parseSubject takes organization and token id out of a message subject.
-func (s *Store) parseSubject(subject string) (org, tokenID string) {
-	rest, ok := strings.CutPrefix(subject, s.cfg.SubjectPrefix+".")
+// parseSubject takes organization, token id and event type out of a message
+// subject, without allocating; all empty if it is not an event subject.
+func (s *Store) parseSubject(subject string) (org, tokenID, typ string) {
+	rest, ok := strings.CutPrefix(subject, s.cfg.SubjectPrefix)
+	rest, ok2 := strings.CutPrefix(rest, ".")
+	ok = ok && ok2
 	if !ok {
-		return "", ""
+		return "", "", ""
 	}
-	parts := strings.Split(rest, ".")
-	if len(parts) != 3 {
-		return "", ""
+	org, rest, ok1 := strings.Cut(rest, ".")
+	tokenID, typ, ok3 := strings.Cut(rest, ".")
+	if !ok1 || !ok3 || strings.Contains(typ, ".") {
+		return "", "", ""
 	}
-	return parts[0], parts[1]
+	return org, tokenID, typ
 }

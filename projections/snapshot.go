@@ -181,7 +181,7 @@ func ReadSnapshot(r io.Reader) (*Tokens, SnapshotHeader, error) {
 		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
 		key := tokenKey{t.OrganizationID(), t.ID()}
 		v.byKey[key] = ent
-		v.reindex(key, ent, nil)
+		v.reindex(key, ent, nil, "")
 	}
 	for range d.count() {
 		var r savedRetired

@@ -28,10 +28,12 @@ type Tokens struct {
 	// retried command is answered with what the first attempt did.
 	keyed map[string]Applied
 	seq   uint64
-	// notify is closed and replaced after an event is applied, waking WaitFor
-	// callers; it is only replaced when someone waits, to keep replay cheap.
-	notify  chan struct{}
-	waiting bool
+	// notify is closed and replaced to wake WaitFor callers, once the view
+	// reaches wakeAt, the lowest sequence any of them waits for (0: nobody
+	// waits). Waking only then keeps a replay that someone waits on from
+	// waking them at every event.
+	notify chan struct{}
+	wakeAt uint64
 	// rejected counts stream messages that could not be applied (see Apply).
 	rejected int
 }
@@ -104,7 +106,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		}
 	}
 	ent.token = next
-	v.reindex(key, ent, prev)
+	v.reindex(key, ent, prev, e.Type)
 	ent.lastSeq = seq
 	if e.IdempotencyKey != "" {
 		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type, RequestHash: e.RequestHash}
@@ -135,10 +137,20 @@ func (v *Tokens) refuse(seq uint64, key tokenKey) {
 }
 
 // reindex brings every index in line with ent's token, which was prev (nil
-// for a new token). It is the one place indexes change, for live events,
-// replay and snapshots alike.
-func (v *Tokens) reindex(key tokenKey, ent *entry, prev *domain.Token) {
+// for a new token) before an event of type typ ("" when restoring a
+// snapshot: everything). It is the one place indexes change, for live
+// events, replay and snapshots alike. Only the events that can move a token's
+// secret or places touch those indexes: most events in a long history are
+// updates and rotations, and a rebuild is faster for skipping the rest.
+func (v *Tokens) reindex(key tokenKey, ent *entry, prev *domain.Token, typ domain.EventType) {
 	next := ent.token
+	switch typ {
+	case domain.TokenUpdated:
+		return
+	case domain.TokenAssigned, domain.TokenUnassigned:
+		v.replace(key, places(prev), places(next))
+		return
+	}
 	if prev != nil && prev.SecretHash() != next.SecretHash() {
 		delete(v.byHash, prev.SecretHash())
 		v.retired[prev.SecretHash()] = retiredSecret{key: key, reason: OutcomeRotated}
@@ -149,7 +161,9 @@ func (v *Tokens) reindex(key tokenKey, ent *entry, prev *domain.Token) {
 	} else {
 		v.byHash[next.SecretHash()] = ent
 	}
-	v.replace(key, places(prev), places(next))
+	if typ != domain.TokenRotated {
+		v.replace(key, places(prev), places(next))
+	}
 }
 
 func (v *Tokens) advance(seq uint64) {
@@ -157,10 +171,10 @@ func (v *Tokens) advance(seq uint64) {
 		return
 	}
 	v.seq = seq
-	if v.waiting {
+	if v.wakeAt != 0 && seq >= v.wakeAt {
 		close(v.notify)
 		v.notify = make(chan struct{})
-		v.waiting = false
+		v.wakeAt = 0
 	}
 }
 
@@ -187,7 +201,9 @@ func (v *Tokens) WaitFor(ctx context.Context, seq uint64) error {
 			v.mu.Unlock()
 			return nil
 		}
-		v.waiting = true
+		if v.wakeAt == 0 || seq < v.wakeAt {
+			v.wakeAt = seq
+		}
 		ch := v.notify
 		v.mu.Unlock()
 		select {

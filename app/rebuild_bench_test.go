@@ -1,0 +1,189 @@
+package app_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+var benchEvents = flag.Int("events", 1_000_000, "events in BenchmarkRestartAndRebuild (5 per token)")
+
+// BenchmarkRestartAndRebuild fills a file-backed stream with -events events
+// (a create and four more commands per token), then measures, in one run:
+//   - raw: replaying the stream with a plain ordered consumer, no decoding;
+//   - rebuild: building the token view from the first event, as
+//     `ledger serve --rebuild` does, and its ratio to raw;
+//   - restart: from a saved snapshot to a view ready to serve;
+//   - the process's peak resident memory (the embedded NATS server included).
+//
+// Run: go test -run '^$' -bench RestartAndRebuild -benchtime 1x ./app -events 1000000
+func BenchmarkRestartAndRebuild(b *testing.B) {
+	ctx := context.Background()
+	store, js, _ := eventstoretest.MustStore(b)
+	fill(b, js, store, *benchEvents)
+	id, err := store.Identity(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	last := id.LastSequence
+
+	for b.Loop() {
+		rawRate := rawReplay(b, js, last)
+
+		view := projections.NewTokens()
+		start := time.Now()
+		stop := app.Feed(store, view, nil)
+		if err := view.WaitFor(ctx, last); err != nil {
+			b.Fatal(err)
+		}
+		rebuildRate := float64(last) / time.Since(start).Seconds()
+		stop()
+
+		path := filepath.Join(b.TempDir(), "TOKENS.snap")
+		start = time.Now()
+		if _, err := view.SaveSnapshot(path, "TOKENS", id.Created); err != nil {
+			b.Fatal(err)
+		}
+		saveTime := time.Since(start)
+		info, _ := os.Stat(path)
+
+		runtime.GC()
+		start = time.Now()
+		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+		restarted, err := app.OpenView(ctx, store, path, false, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop = app.Feed(store, restarted, nil)
+		if err := restarted.WaitFor(ctx, last); err != nil {
+			b.Fatal(err)
+		}
+		restart := time.Since(start)
+		stop()
+		if restarted.Digest() != view.Digest() {
+			b.Fatal("the view restarted from its snapshot differs from the rebuilt one")
+		}
+
+		b.ReportMetric(float64(last), "events")
+		b.ReportMetric(rawRate, "raw-events/s")
+		b.ReportMetric(rebuildRate, "rebuild-events/s")
+		b.ReportMetric(rebuildRate/rawRate, "rebuild/raw")
+		b.ReportMetric(float64(restart.Milliseconds()), "restart-ms")
+		b.ReportMetric(float64(saveTime.Milliseconds()), "snapshot-save-ms")
+		b.ReportMetric(float64(info.Size())/(1<<20), "snapshot-MiB")
+		b.ReportMetric(peakRSSMiB(), "peak-RSS-MiB")
+	}
+}
+
+// fill publishes n events, asynchronously and in order, as the ledger would
+// have stored them: same subjects, same JSON, a msg id each.
+func fill(b *testing.B, js jetstream.JetStream, store *eventstore.Store, n int) {
+	b.Helper()
+	envAt := func(i int) domain.Env {
+		return domain.Env{Now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Millisecond), Rand: rand.Reader,
+			Actor: domain.Actor{TokenID: "tok_bench", RequestID: "req", SourceIP: "127.0.0.1", UserAgent: "bench"}}
+	}
+	publish := func(e domain.Event) {
+		body, err := json.Marshal(e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: store.Subject(e), Data: body, Header: nats.Header{}}
+		msg.Header.Set(jetstream.MsgIDHeader, e.ID)
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	i := 0
+	for tok := 0; i < n; tok++ {
+		org := fmt.Sprintf("org%d", tok%50)
+		t, e, _, err := domain.Create(domain.CreateToken{OrganizationID: org, Scope: "organization", Name: fmt.Sprintf("token %d", tok)}, envAt(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		publish(e)
+		i++
+		for step := 0; step < 4 && i < n; step++ {
+			var e domain.Event
+			switch step {
+			case 0:
+				e, _, err = t.Assign(fmt.Sprintf("w%d", tok%1000), "WORKSPACE_OPERATOR", envAt(i))
+			case 1:
+				name := fmt.Sprintf("token %d renamed", tok)
+				e, _, err = t.Update(domain.UpdateToken{Name: &name}, envAt(i))
+			case 2:
+				e, _, err = t.Rotate(envAt(i))
+			case 3:
+				e, _, err = t.Assign(fmt.Sprintf("w%d", (tok+1)%1000), "WORKSPACE_MEMBER", envAt(i))
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			publish(e)
+			i++
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		b.Fatal("publishing did not complete")
+	}
+}
+
+// rawReplay reads the whole stream with an ordered consumer and returns
+// messages per second: the floor under any projection.
+func rawReplay(b *testing.B, js jetstream.JetStream, last uint64) float64 {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	cons, err := js.OrderedConsumer(ctx, "TOKENS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer it.Stop()
+	for n := uint64(0); n < last; n++ {
+		if _, err := it.Next(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return float64(last) / time.Since(start).Seconds()
+}
+
+// peakRSSMiB reads the process's peak resident set (VmHWM) from /proc.
+func peakRSSMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}
