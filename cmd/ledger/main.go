@@ -116,5 +116,6 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) s
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(stdout, stderr, started))
 	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv, started))
+	root.AddCommand(newRolesCmd(stdout, getenv, started))
 	return root
 }

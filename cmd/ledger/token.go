@@ -50,10 +50,10 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, started *bool) *cobra.Command {
-	cmd := groupCmd("token", "Create, inspect and manage API tokens")
-	// Each subcommand gets a fresh client from the environment when it runs.
-	withClient := func(f func(cmd *cobra.Command, args []string, c *httpapi.Client) error) func(*cobra.Command, []string) error {
+// clientRunnerFor gives each client command a fresh client from the
+// environment when it runs, and marks the command as started.
+func clientRunnerFor(getenv func(string) string, started *bool) clientRunner {
+	return func(f func(cmd *cobra.Command, args []string, c *httpapi.Client) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
 			*started = true
 			c, err := clientEnv(getenv)
@@ -63,10 +63,16 @@ func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) 
 			return f(cmd, args, c)
 		}
 	}
+}
+
+func newTokenCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, started *bool) *cobra.Command {
+	cmd := groupCmd("token", "Create, inspect and manage API tokens")
+	withClient := clientRunnerFor(getenv, started)
 	cmd.AddCommand(
 		newCreateCmd(stdout, withClient),
 		newListCmd(stdout, withClient),
 		newShowCmd(stdout, withClient),
+		newHistoryCmd(stdout, withClient),
 		newUpdateCmd(stdout, withClient),
 		newRotateCmd(stdout, withClient),
 		newAssignCmd(stdout, withClient),
@@ -169,6 +175,14 @@ func printToken(w io.Writer, t httpapi.Token) {
 	if len(t.WorkspaceRoles) > 0 {
 		row("Workspace roles", formatRoles(t.WorkspaceRoles))
 	}
+	for i, g := range t.Roles {
+		grant := fmt.Sprintf("%s in %s %s", g.Role, g.Level, g.ID)
+		if i == 0 {
+			row("Roles", grant)
+		} else {
+			fmt.Fprintf(tw, "\t%s\n", grant)
+		}
+	}
 	row("Status", string(t.Status))
 	row("Expires", timeOr(t.ExpiresAt, "never"))
 	row("Created", t.CreatedAt.Format(time.RFC3339))
@@ -207,16 +221,22 @@ func orDash(s *string) string {
 }
 
 func newListCmd(stdout io.Writer, withClient clientRunner) *cobra.Command {
-	var out output
+	var (
+		q   httpapi.TokenQuery
+		out output
+	)
 	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the organization's tokens",
+		Use:   "list [--scope S] [--workspace W] [--deployment D] [--role R] [--status S]",
+		Short: "List the organization's tokens, all or those matching every filter given",
 		Args:  cobra.NoArgs,
 		RunE: withClient(func(cmd *cobra.Command, _ []string, c *httpapi.Client) error {
 			if err := out.check(); err != nil {
 				return err
 			}
-			l, err := c.ListTokens(cmd.Context())
+			if err := nonEmpty(cmd, "scope", "workspace", "deployment", "role", "status"); err != nil {
+				return err
+			}
+			l, err := c.ListTokensWhere(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
@@ -232,25 +252,87 @@ func newListCmd(stdout io.Writer, withClient clientRunner) *cobra.Command {
 			return tw.Flush()
 		}),
 	}
+	f := cmd.Flags()
+	f.StringVar(&q.Scope, "scope", "", "only tokens of this scope: organization, workspace or deployment")
+	f.StringVar(&q.WorkspaceID, "workspace", "", "only tokens with a role in this workspace: its workspace tokens, its deployments' tokens, organization tokens assigned to it")
+	f.StringVar(&q.DeploymentID, "deployment", "", "only the deployment tokens of this deployment")
+	f.StringVar(&q.Role, "role", "", "only tokens with this role (with --workspace: the role held in that workspace)")
+	f.StringVar(&q.Status, "status", "", "only tokens with this status now: active, expired or deleted")
 	out.register(cmd)
 	return cmd
 }
 
+// nonEmpty refuses a filter flag given an empty value: a script whose
+// variable is unset must not get an unfiltered answer.
+func nonEmpty(cmd *cobra.Command, flags ...string) error {
+	for _, name := range flags {
+		if f := cmd.Flags().Lookup(name); f != nil && f.Changed && strings.TrimSpace(f.Value.String()) == "" {
+			return usageError{fmt.Errorf("--%s: must not be empty; leave the flag out to not filter", name)}
+		}
+	}
+	return nil
+}
+
 func newShowCmd(stdout io.Writer, withClient clientRunner) *cobra.Command {
-	var out output
+	var (
+		at  string
+		out output
+	)
 	cmd := &cobra.Command{
-		Use:   "show ID",
-		Short: "Show one token",
+		Use:   "show ID [--at RFC3339]",
+		Short: "Show one token, now or as it was at a time",
 		Args:  exactlyOneID,
 		RunE: withClient(func(cmd *cobra.Command, args []string, c *httpapi.Client) error {
 			if err := out.check(); err != nil {
 				return err
 			}
-			t, err := c.GetToken(cmd.Context(), args[0])
+			if !cmd.Flags().Changed("at") {
+				t, err := c.GetToken(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return printOne(stdout, t, out)
+			}
+			t, err := c.GetTokenAt(cmd.Context(), args[0], at)
 			if err != nil {
 				return err
 			}
-			return printOne(stdout, t, out)
+			if out.json() {
+				return printJSON(stdout, t)
+			}
+			fmt.Fprintf(stdout, "As of %s (stream sequence %d):\n", at, t.Sequence)
+			printToken(stdout, t)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&at, "at", "", "show the token as it was at this time (RFC 3339, e.g. 2026-01-02T15:04:05Z)")
+	out.register(cmd)
+	return cmd
+}
+
+func newHistoryCmd(stdout io.Writer, withClient clientRunner) *cobra.Command {
+	var out output
+	cmd := &cobra.Command{
+		Use:   "history ID",
+		Short: "Show a token's events, oldest first",
+		Args:  exactlyOneID,
+		RunE: withClient(func(cmd *cobra.Command, args []string, c *httpapi.Client) error {
+			if err := out.check(); err != nil {
+				return err
+			}
+			h, err := c.TokenHistory(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if out.json() {
+				return printJSON(stdout, h.Events)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tEVENT\tACTOR\tCHANGES")
+			for _, e := range h.Events {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.Sequence, e.OccurredAt.Format(time.RFC3339), e.EventType, e.ActorTokenID, changes(e))
+			}
+			return tw.Flush()
 		}),
 	}
 	out.register(cmd)
@@ -449,4 +531,72 @@ func newVerifyCmd(stdin io.Reader, stdout io.Writer, withClient clientRunner) *c
 	}
 	out.register(cmd)
 	return cmd
+}
+
+// changes sums up what an event did, for a person: "role WORKSPACE_AUTHOR ->
+// WORKSPACE_OPERATOR", "assigned w1 as WORKSPACE_OWNER", "new secret,
+// fingerprint 3f9a0c1d…". Names and descriptions are quoted, so a newline
+// or tab in one cannot break the table.
+func changes(e httpapi.HistoryEvent) string {
+	d := e.Data
+	str := func(k string) string { s, _ := d[k].(string); return s }
+	has := func(k string) bool { _, ok := d[k]; return ok }
+	fp := func(k string) string {
+		f := str(k)
+		if len(f) > 8 {
+			f = f[:8] + "…"
+		}
+		return f
+	}
+	var parts []string
+	add := func(format string, args ...any) { parts = append(parts, fmt.Sprintf(format, args...)) }
+	switch e.EventType {
+	case "TokenCreated":
+		add("created %s token %q as %s", str("scope"), str("name"), str("role"))
+		if ws := str("workspace_id"); ws != "" {
+			parts[0] += " in workspace " + ws
+		}
+		if dep := str("deployment_id"); dep != "" {
+			parts[0] += " deployment " + dep
+		}
+		if exp := str("expires_at"); exp != "" {
+			add("expires %s", exp)
+		}
+		add("fingerprint %s", fp("fingerprint"))
+	case "TokenUpdated":
+		if has("name") {
+			add("name %q -> %q", str("previous_name"), str("name"))
+		}
+		if has("description") {
+			add("description %q -> %q", clipText(str("previous_description")), clipText(str("description")))
+		}
+		if has("role") {
+			add("role %s -> %s", str("previous_role"), str("role"))
+		}
+	case "TokenRotated":
+		add("new secret, fingerprint %s (was %s)", fp("fingerprint"), fp("previous_fingerprint"))
+		if exp := str("expires_at"); exp != "" {
+			add("expires %s", exp)
+		}
+	case "TokenAssigned":
+		add("assigned %s as %s", str("workspace_id"), str("role"))
+		if prev := str("previous_role"); prev != "" {
+			parts[0] += " (was " + prev + ")"
+		}
+	case "TokenUnassigned":
+		add("unassigned %s (was %s)", str("workspace_id"), str("previous_role"))
+	case "TokenDeleted":
+		add("deleted")
+	default:
+		b, _ := json.Marshal(d)
+		add("%s", clipText(string(b)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func clipText(s string) string {
+	if r := []rune(s); len(r) > 40 {
+		return string(r[:40]) + "…"
+	}
+	return s
 }
