@@ -43,13 +43,14 @@ func (t *Token) State() TokenState {
 	}
 }
 
-// RestoreToken makes a token from a State saved earlier.
+// RestoreToken makes a token from a State saved earlier. It takes the
+// WorkspaceRoles map as it is: the caller must not use it afterwards.
 func RestoreToken(s TokenState) *Token {
 	return &Token{
 		id: s.ID, organizationID: s.OrganizationID, scope: s.Scope,
 		workspaceID: s.WorkspaceID, deploymentID: s.DeploymentID,
 		name: s.Name, description: s.Description, role: s.Role,
-		workspaceRoles: maps.Clone(s.WorkspaceRoles), expirationDays: s.ExpirationDays,
+		workspaceRoles: s.WorkspaceRoles, expirationDays: s.ExpirationDays,
 		expiresAt: s.ExpiresAt, createdAt: s.CreatedAt, updatedAt: s.UpdatedAt,
 		rotatedAt: s.RotatedAt, deletedAt: s.DeletedAt, version: s.Version,
 		secretHash: s.SecretHash, fingerprint: s.Fingerprint,

@@ -144,10 +144,27 @@ func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Ti
 }
 
 // Digest is a SHA-256 over everything the view holds, in a canonical order:
-// two views are equal exactly when their digests are.
+// what a snapshot saves, and the indexes derived from it (by secret hash, by
+// workspace and deployment), so that two views are equal exactly when their
+// digests are, indexes included.
 func (v *Tokens) Digest() [sha256.Size]byte {
 	h := sha256.New()
 	_, _ = v.WriteSnapshot(h, "", time.Time{}) // a hash.Hash never fails to write
+	var lines []string
+	v.mu.RLock()
+	for hash, e := range v.byHash {
+		lines = append(lines, fmt.Sprintf("hash %x %s/%s", hash, e.token.OrganizationID(), e.token.ID()))
+	}
+	for p, set := range v.byPlace {
+		for k := range set {
+			lines = append(lines, fmt.Sprintf("place %s %d %s %s/%s", p.org, p.kind, p.id, k.org, k.id))
+		}
+	}
+	v.mu.RUnlock()
+	slices.Sort(lines)
+	for _, l := range lines {
+		_, _ = io.WriteString(h, l+"\n")
+	}
 	var out [sha256.Size]byte
 	copy(out[:], h.Sum(nil))
 	return out
@@ -160,6 +177,10 @@ func ReadSnapshot(r io.Reader) (*Tokens, SnapshotHeader, error) {
 	if err != nil {
 		return nil, SnapshotHeader{}, fmt.Errorf("read snapshot: %w", err)
 	}
+	return decodeSnapshot(b)
+}
+
+func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 	if len(b) < len(snapshotMagic)+sha256.Size || string(b[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, SnapshotHeader{}, fmt.Errorf("%w: not a TokenLedger snapshot", ErrBadSnapshot)
 	}
@@ -176,6 +197,8 @@ func ReadSnapshot(r io.Reader) (*Tokens, SnapshotHeader, error) {
 	v.seq = h.Sequence
 	v.rejected = int(d.uint())
 	n := d.count()
+	v.byKey = make(map[tokenKey]*entry, n)
+	v.byHash = make(map[domain.SecretHash]*entry, n)
 	for range n {
 		t := domain.RestoreToken(d.token())
 		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
@@ -183,11 +206,13 @@ func ReadSnapshot(r io.Reader) (*Tokens, SnapshotHeader, error) {
 		v.byKey[key] = ent
 		v.reindex(key, ent, nil, "")
 	}
-	for range d.count() {
+	nr := d.count()
+	v.retired = make(map[domain.SecretHash]retiredSecret, nr)
+	for range nr {
 		var r savedRetired
 		copy(r.hash[:], d.raw(len(r.hash)))
-		r.key = tokenKey{d.str(), d.str()}
-		r.reason = Outcome(d.str())
+		r.key = tokenKey{d.common(), d.str()}
+		r.reason = Outcome(d.common())
 		v.retired[r.hash] = r.retiredSecret
 	}
 	for range d.count() {
@@ -235,12 +260,11 @@ func (v *Tokens) SaveSnapshot(path, stream string, streamCreated time.Time) (uin
 
 // LoadSnapshot reads a snapshot file; os.ErrNotExist if there is none.
 func LoadSnapshot(path string) (*Tokens, SnapshotHeader, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, SnapshotHeader{}, err
 	}
-	defer f.Close()
-	return ReadSnapshot(f)
+	return decodeSnapshot(b)
 }
 
 func syncDir(dir string) error {
@@ -327,6 +351,23 @@ func (e *encoder) token(s domain.TokenState) {
 type decoder struct {
 	b   []byte
 	err error
+	// values holds strings shared by many tokens (organizations, scopes,
+	// roles, workspaces), so a load allocates each once.
+	values map[string]string
+}
+
+// common reads a string that many tokens share.
+func (d *decoder) common() string {
+	b := d.raw(d.count())
+	if s, ok := d.values[string(b)]; ok {
+		return s
+	}
+	if d.values == nil {
+		d.values = make(map[string]string)
+	}
+	s := string(b)
+	d.values[s] = s
+	return s
 }
 
 func (d *decoder) fail(what string) {
@@ -385,15 +426,15 @@ func (d *decoder) time() time.Time {
 
 func (d *decoder) token() domain.TokenState {
 	s := domain.TokenState{
-		ID: d.str(), OrganizationID: d.str(), Scope: domain.Scope(d.str()),
-		WorkspaceID: d.str(), DeploymentID: d.str(), Name: d.str(), Description: d.str(),
-		Role: domain.Role(d.str()),
+		ID: d.str(), OrganizationID: d.common(), Scope: domain.Scope(d.common()),
+		WorkspaceID: d.common(), DeploymentID: d.common(), Name: d.str(), Description: d.str(),
+		Role: domain.Role(d.common()),
 	}
 	if n := d.count(); n > 0 {
 		s.WorkspaceRoles = make(map[string]domain.Role, n)
 		for range n {
-			w := d.str()
-			s.WorkspaceRoles[w] = domain.Role(d.str())
+			w := d.common()
+			s.WorkspaceRoles[w] = domain.Role(d.common())
 		}
 	}
 	s.ExpirationDays = int(d.uint())

@@ -167,7 +167,7 @@ func TestListIsPerOrganizationOldestFirstAndHandsOutCopies(t *testing.T) {
 	}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

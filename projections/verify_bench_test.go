@@ -1,6 +1,7 @@
 package projections_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"testing"
@@ -65,4 +66,38 @@ func BenchmarkVerify(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
 	})
+}
+
+// BenchmarkReadSnapshot loads a snapshot of 200,000 tokens, each assigned to
+// a workspace and rotated once (so the retired-secret index is as large).
+func BenchmarkReadSnapshot(b *testing.B) {
+	v := projections.NewTokens()
+	seq := uint64(0)
+	for i := range 200_000 {
+		tok, e, _, err := domain.Create(domain.CreateToken{OrganizationID: fmt.Sprintf("org%d", i%50), Scope: "organization", Name: fmt.Sprintf("token %d", i)}, domain.Env{Now: t0, Rand: rand.Reader})
+		if err != nil {
+			b.Fatal(err)
+		}
+		seq++
+		must(b, v.Apply(seq, e))
+		a, _, err := tok.Assign(fmt.Sprintf("w%d", i%1000), "WORKSPACE_MEMBER", domain.Env{Now: t0, Rand: rand.Reader})
+		must(b, err)
+		seq++
+		must(b, v.Apply(seq, a))
+		r, _, err := tok.Rotate(domain.Env{Now: t0, Rand: rand.Reader})
+		must(b, err)
+		seq++
+		must(b, v.Apply(seq, r))
+	}
+	var buf bytes.Buffer
+	if _, err := v.WriteSnapshot(&buf, "TOKENS", t0); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(buf.Len())/(1<<20), "MiB")
+	b.ResetTimer()
+	for b.Loop() {
+		if _, _, err := projections.ReadSnapshot(bytes.NewReader(buf.Bytes())); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
