@@ -90,7 +90,7 @@ func (l *Ledger) Authenticate(secret string) (*domain.Token, error) {
 	if v.Outcome != projections.OutcomeActive {
 		return nil, ErrUnauthenticated
 	}
-	return v.Token.Clone(), nil
+	return v.Token(), nil
 }
 
 // authorize applies the permission rule of this release: an organization owner
@@ -539,11 +539,8 @@ func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projectio
 		return projections.Verdict{}, err
 	}
 	v := l.view.Verify(secret, l.now())
-	if v.Token != nil {
-		if v.Token.OrganizationID() != c.org() {
-			return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
-		}
-		v.Token = v.Token.Clone()
+	if t := v.Token(); t != nil && t.OrganizationID() != c.org() {
+		return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
 	}
 	return v, nil
 }

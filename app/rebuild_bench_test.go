@@ -11,7 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,15 +49,23 @@ func BenchmarkRestartAndRebuild(b *testing.B) {
 	last := id.LastSequence
 
 	for b.Loop() {
+		cpu0 := cpuTime()
 		rawRate := rawReplay(b, js, last)
+		cpu1 := cpuTime()
 
 		view := projections.NewTokens()
+		if p := os.Getenv("BENCH_PROFILE_REBUILD"); p != "" {
+			f, _ := os.Create(p)
+			pprof.StartCPUProfile(f)
+		}
 		start := time.Now()
 		stop := app.Feed(store, view, nil)
 		if err := view.WaitFor(ctx, last); err != nil {
 			b.Fatal(err)
 		}
 		rebuildRate := float64(last) / time.Since(start).Seconds()
+		cpu2 := cpuTime()
+		pprof.StopCPUProfile()
 		stop()
 
 		path := filepath.Join(b.TempDir(), "TOKENS.snap")
@@ -96,6 +106,8 @@ func BenchmarkRestartAndRebuild(b *testing.B) {
 		b.ReportMetric(rawRate, "raw-events/s")
 		b.ReportMetric(rebuildRate, "rebuild-events/s")
 		b.ReportMetric(rebuildRate/rawRate, "rebuild/raw")
+		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(last), "raw-CPU-µs/event")
+		b.ReportMetric(float64((cpu2-cpu1).Microseconds())/float64(last), "rebuild-CPU-µs/event")
 		b.ReportMetric(float64(restart.Milliseconds()), "restart-ms")
 		b.ReportMetric(float64(saveTime.Milliseconds()), "snapshot-save-ms")
 		b.ReportMetric(float64(info.Size())/(1<<20), "snapshot-MiB")
@@ -180,6 +192,13 @@ func rawReplay(b *testing.B, js jetstream.JetStream, last uint64) float64 {
 		}
 	}
 	return float64(last) / time.Since(start).Seconds()
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // peakRSSMiB reads the process's peak resident set (VmHWM) from /proc.

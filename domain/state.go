@@ -1,9 +1,22 @@
 package domain
 
 import (
-	"maps"
+	"slices"
+	"strings"
 	"time"
 )
+
+func rolesFrom(m map[string]Role) []WorkspaceRole {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make([]WorkspaceRole, 0, len(m))
+	for ws, r := range m {
+		out = append(out, WorkspaceRole{ws, r})
+	}
+	slices.SortFunc(out, func(a, b WorkspaceRole) int { return strings.Compare(a.WorkspaceID, b.WorkspaceID) })
+	return out
+}
 
 // TokenState is every field of a token, exported for one purpose: saving a
 // projection's snapshot and restoring it. It is not a way to make tokens:
@@ -36,21 +49,20 @@ func (t *Token) State() TokenState {
 		ID: t.id, OrganizationID: t.organizationID, Scope: t.scope,
 		WorkspaceID: t.workspaceID, DeploymentID: t.deploymentID,
 		Name: t.name, Description: t.description, Role: t.role,
-		WorkspaceRoles: maps.Clone(t.workspaceRoles), ExpirationDays: t.expirationDays,
+		WorkspaceRoles: t.WorkspaceRoles(), ExpirationDays: t.expirationDays,
 		ExpiresAt: t.expiresAt, CreatedAt: t.createdAt, UpdatedAt: t.updatedAt,
 		RotatedAt: t.rotatedAt, DeletedAt: t.deletedAt, Version: t.version,
 		SecretHash: t.secretHash, Fingerprint: t.fingerprint,
 	}
 }
 
-// RestoreToken makes a token from a State saved earlier. It takes the
-// WorkspaceRoles map as it is: the caller must not use it afterwards.
+// RestoreToken makes a token from a State saved earlier.
 func RestoreToken(s TokenState) *Token {
 	return &Token{
 		id: s.ID, organizationID: s.OrganizationID, scope: s.Scope,
 		workspaceID: s.WorkspaceID, deploymentID: s.DeploymentID,
 		name: s.Name, description: s.Description, role: s.Role,
-		workspaceRoles: s.WorkspaceRoles, expirationDays: s.ExpirationDays,
+		workspaceRoles: rolesFrom(s.WorkspaceRoles), expirationDays: s.ExpirationDays,
 		expiresAt: s.ExpiresAt, createdAt: s.CreatedAt, updatedAt: s.UpdatedAt,
 		rotatedAt: s.RotatedAt, deletedAt: s.DeletedAt, version: s.Version,
 		secretHash: s.SecretHash, fingerprint: s.Fingerprint,

@@ -6,8 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -57,7 +57,11 @@ type Token struct {
 	name           string
 	description    string
 	role           Role
-	workspaceRoles map[string]Role
+	// workspaceRoles is sorted by workspace and never changed in place (apply
+	// makes a new one), so clones can share it. A slice, not a map: a view
+	// holds hundreds of thousands of tokens, and this is smaller and cheaper
+	// for the garbage collector to walk.
+	workspaceRoles []WorkspaceRole
 	expirationDays int
 	expiresAt      time.Time // zero: never expires
 	createdAt      time.Time
@@ -69,30 +73,62 @@ type Token struct {
 	fingerprint    string
 }
 
-func (t *Token) ID() string                      { return t.id }
-func (t *Token) OrganizationID() string          { return t.organizationID }
-func (t *Token) Scope() Scope                    { return t.scope }
-func (t *Token) WorkspaceID() string             { return t.workspaceID }
-func (t *Token) DeploymentID() string            { return t.deploymentID }
-func (t *Token) Name() string                    { return t.name }
-func (t *Token) Description() string             { return t.description }
-func (t *Token) Role() Role                      { return t.role }
-func (t *Token) ExpirationDays() int             { return t.expirationDays }
-func (t *Token) ExpiresAt() time.Time            { return t.expiresAt }
-func (t *Token) CreatedAt() time.Time            { return t.createdAt }
-func (t *Token) UpdatedAt() time.Time            { return t.updatedAt }
-func (t *Token) RotatedAt() time.Time            { return t.rotatedAt }
-func (t *Token) DeletedAt() time.Time            { return t.deletedAt }
-func (t *Token) Version() uint64                 { return t.version }
-func (t *Token) SecretHash() SecretHash          { return t.secretHash }
-func (t *Token) Fingerprint() string             { return t.fingerprint }
-func (t *Token) Deleted() bool                   { return !t.deletedAt.IsZero() }
-func (t *Token) WorkspaceRoles() map[string]Role { return maps.Clone(t.workspaceRoles) }
+func (t *Token) ID() string             { return t.id }
+func (t *Token) OrganizationID() string { return t.organizationID }
+func (t *Token) Scope() Scope           { return t.scope }
+func (t *Token) WorkspaceID() string    { return t.workspaceID }
+func (t *Token) DeploymentID() string   { return t.deploymentID }
+func (t *Token) Name() string           { return t.name }
+func (t *Token) Description() string    { return t.description }
+func (t *Token) Role() Role             { return t.role }
+func (t *Token) ExpirationDays() int    { return t.expirationDays }
+func (t *Token) ExpiresAt() time.Time   { return t.expiresAt }
+func (t *Token) CreatedAt() time.Time   { return t.createdAt }
+func (t *Token) UpdatedAt() time.Time   { return t.updatedAt }
+func (t *Token) RotatedAt() time.Time   { return t.rotatedAt }
+func (t *Token) DeletedAt() time.Time   { return t.deletedAt }
+func (t *Token) Version() uint64        { return t.version }
+func (t *Token) SecretHash() SecretHash { return t.secretHash }
+func (t *Token) Fingerprint() string    { return t.fingerprint }
+func (t *Token) Deleted() bool          { return !t.deletedAt.IsZero() }
+func (t *Token) WorkspaceRoles() map[string]Role {
+	if len(t.workspaceRoles) == 0 {
+		return nil
+	}
+	m := make(map[string]Role, len(t.workspaceRoles))
+	for _, wr := range t.workspaceRoles {
+		m[wr.WorkspaceID] = wr.Role
+	}
+	return m
+}
+
+// WorkspaceRole is an organization token's role in one workspace.
+type WorkspaceRole struct {
+	WorkspaceID string
+	Role        Role
+}
+
+// EachWorkspaceRole calls f for each workspace the token holds a role in, in
+// workspace order, without copying.
+func (t *Token) EachWorkspaceRole(f func(workspaceID string, role Role)) {
+	for _, wr := range t.workspaceRoles {
+		f(wr.WorkspaceID, wr.Role)
+	}
+}
 
 // WorkspaceRole returns the role an organization token holds in a workspace.
 func (t *Token) WorkspaceRole(workspaceID string) (Role, bool) {
-	r, ok := t.workspaceRoles[workspaceID]
-	return r, ok
+	i, ok := t.findWorkspace(workspaceID)
+	if !ok {
+		return "", false
+	}
+	return t.workspaceRoles[i].Role, true
+}
+
+func (t *Token) findWorkspace(workspaceID string) (int, bool) {
+	return slices.BinarySearchFunc(t.workspaceRoles, workspaceID, func(wr WorkspaceRole, id string) int {
+		return strings.Compare(wr.WorkspaceID, id)
+	})
 }
 
 // Status judges the token at now: expiry needs no event, it is read off the clock.
@@ -107,10 +143,11 @@ func (t *Token) Status(now time.Time) Status {
 }
 
 // Clone returns a copy a command can run on without touching the original, which
-// may be shared with readers.
+// may be shared with readers. The workspace-role map is shared until one of
+// them changes it: apply copies it first (a rebuild clones a token per event,
+// and most events leave roles alone).
 func (t *Token) Clone() *Token {
 	c := *t
-	c.workspaceRoles = maps.Clone(t.workspaceRoles)
 	return &c
 }
 
@@ -327,7 +364,7 @@ func (t *Token) Assign(workspaceID, role string, env Env) (e Event, changed bool
 	if err := p.err(); err != nil {
 		return Event{}, false, err
 	}
-	prev := t.workspaceRoles[workspaceID]
+	prev, _ := t.WorkspaceRole(workspaceID)
 	if prev == r {
 		return Event{}, false, nil
 	}
@@ -346,7 +383,7 @@ func (t *Token) Unassign(workspaceID string, env Env) (Event, error) {
 	if !ValidID(workspaceID) {
 		return Event{}, Invalid("workspace_id", idRule)
 	}
-	prev, ok := t.workspaceRoles[workspaceID]
+	prev, ok := t.WorkspaceRole(workspaceID)
 	if !ok {
 		return Event{}, &StateError{Field: "workspace_id", Rule: fmt.Sprintf("token is not assigned to workspace %s", workspaceID)}
 	}
@@ -462,12 +499,17 @@ func (t *Token) Apply(e Event) error {
 			t.expiresAt = *d.ExpiresAt
 		}
 	case AssignedData:
-		if t.workspaceRoles == nil {
-			t.workspaceRoles = make(map[string]Role)
+		roles := slices.Clone(t.workspaceRoles)
+		if i, ok := t.findWorkspace(d.WorkspaceID); ok {
+			roles[i].Role = d.Role
+		} else {
+			roles = slices.Insert(roles, i, WorkspaceRole{d.WorkspaceID, d.Role})
 		}
-		t.workspaceRoles[d.WorkspaceID] = d.Role
+		t.workspaceRoles = roles
 	case UnassignedData:
-		delete(t.workspaceRoles, d.WorkspaceID)
+		if i, ok := t.findWorkspace(d.WorkspaceID); ok {
+			t.workspaceRoles = slices.Delete(slices.Clone(t.workspaceRoles), i, i+1)
+		}
 	case DeletedData:
 		t.deletedAt = e.OccurredAt
 	default:

@@ -275,11 +275,21 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	// with batches between them: a replay then uses both cores. A batch goes
 	// as soon as the consumer has nothing more pending, so a live event is
 	// handed on at once.
-	batches := make(chan followBatch, 4)
-	go s.read(iter, batches)
+	// Batch buffers go round between the two goroutines rather than being
+	// allocated afresh: a replay of a million events would otherwise make
+	// hundreds of megabytes of garbage. handle gets each Recorded by value, so
+	// reusing the buffer cannot change what it was given.
+	const buffers = 4
+	batches := make(chan followBatch, buffers)
+	free := make(chan []Recorded, buffers)
+	for range buffers {
+		free <- make([]Recorded, 0, followBatchSize)
+	}
+	go s.read(iter, batches, free)
 	defer func() {
 		iter.Stop()
-		for range batches { // let the reader finish
+		for b := range batches { // let the reader finish
+			free <- b.recs
 		}
 	}()
 	for b := range batches {
@@ -288,6 +298,8 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 				return err
 			}
 		}
+		clear(b.recs) // drop references to the events, for the collector
+		free <- b.recs[:0]
 		if b.err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -305,10 +317,10 @@ type followBatch struct {
 
 const followBatchSize = 256
 
-func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch) {
+func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch, free chan []Recorded) {
 	defer close(out)
 	dec := &eventDecoder{}
-	recs := make([]Recorded, 0, followBatchSize)
+	recs := <-free
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -323,7 +335,7 @@ func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch) {
 		recs = append(recs, rec)
 		if pending == 0 || len(recs) == followBatchSize {
 			out <- followBatch{recs: recs}
-			recs = make([]Recorded, 0, followBatchSize)
+			recs = <-free
 		}
 	}
 }

@@ -282,7 +282,7 @@ func historyData(d domain.EventData) (map[string]any, error) {
 
 func verificationJSON(v projections.Verdict) Verification {
 	out := Verification{Valid: v.Outcome == projections.OutcomeActive, Status: string(v.Outcome), Reason: v.Reason()}
-	if t := v.Token; t != nil && out.Valid {
+	if t := v.Token(); t != nil && out.Valid {
 		out.ID = t.ID()
 		out.OrganizationID = t.OrganizationID()
 		out.Scope = t.Scope()

@@ -46,20 +46,17 @@ func places(t *domain.Token) []place {
 	case domain.ScopeDeployment:
 		return []place{{org, inWorkspace, t.WorkspaceID()}, {org, inDeployment, t.DeploymentID()}}
 	}
-	roles := t.WorkspaceRoles()
-	out := make([]place, 0, len(roles))
-	for ws := range roles {
-		out = append(out, place{org, inWorkspace, ws})
-	}
+	var out []place
+	t.EachWorkspaceRole(func(ws string, _ domain.Role) { out = append(out, place{org, inWorkspace, ws}) })
 	return out
 }
 
-// replace moves key from the places it held to the places it holds.
-func (v *Tokens) replace(key tokenKey, from, to []place) {
+// replace moves ent from the places it held to the places it holds.
+func (v *Tokens) replace(ent *entry, from, to []place) {
 	for _, p := range from {
 		if !slices.Contains(to, p) {
 			if set := v.byPlace[p]; set != nil {
-				delete(set, key)
+				delete(set, ent)
 				if len(set) == 0 {
 					delete(v.byPlace, p)
 				}
@@ -69,10 +66,10 @@ func (v *Tokens) replace(key tokenKey, from, to []place) {
 	for _, p := range to {
 		set := v.byPlace[p]
 		if set == nil {
-			set = make(map[tokenKey]struct{})
+			set = make(map[*entry]struct{})
 			v.byPlace[p] = set
 		}
-		set[key] = struct{}{}
+		set[ent] = struct{}{}
 	}
 }
 
@@ -101,8 +98,7 @@ func (v *Tokens) InDeployment(org, dep string, now time.Time) []Holding {
 func (v *Tokens) holders(p place, now time.Time) []Holding {
 	v.mu.RLock()
 	out := make([]Holding, 0, len(v.byPlace[p]))
-	for key := range v.byPlace[p] {
-		ent := v.byKey[key]
+	for ent := range v.byPlace[p] {
 		t := ent.token
 		if ent.quarantined || t.Status(now) != domain.StatusActive {
 			continue

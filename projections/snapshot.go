@@ -59,14 +59,16 @@ func (h SnapshotHeader) Check(stream string, created time.Time, last uint64) err
 }
 
 type savedEntry struct {
-	token       *domain.Token
+	token       domain.Token // a copy: tokens change in place
 	lastSeq     uint64
 	quarantined bool
 }
 
 type savedRetired struct {
-	hash domain.SecretHash
-	retiredSecret
+	hash   domain.SecretHash
+	org    string
+	id     string
+	reason Outcome
 }
 
 type savedKeyed struct {
@@ -75,19 +77,18 @@ type savedKeyed struct {
 }
 
 // WriteSnapshot writes the view to w and returns the sequence it covers. The
-// view is copied under its read lock (tokens are never changed in place, so a
-// shallow copy is a consistent one) and encoded after, so events keep being
+// view is copied under its read lock and encoded after, so events keep being
 // applied while the bytes are written.
 func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Time) (uint64, error) {
 	v.mu.RLock()
 	seq, rejected := v.seq, v.rejected
 	entries := make([]savedEntry, 0, len(v.byKey))
 	for _, e := range v.byKey {
-		entries = append(entries, savedEntry{e.token, e.lastSeq, e.quarantined})
+		entries = append(entries, savedEntry{*e.token, e.lastSeq, e.quarantined})
 	}
 	retired := make([]savedRetired, 0, len(v.retired))
 	for h, r := range v.retired {
-		retired = append(retired, savedRetired{h, r})
+		retired = append(retired, savedRetired{h, r.ent.token.OrganizationID(), r.ent.token.ID(), r.reason})
 	}
 	keyed := make([]savedKeyed, 0, len(v.keyed))
 	for id, a := range v.keyed {
@@ -119,8 +120,8 @@ func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Ti
 	enc.uint(uint64(len(retired)))
 	for _, r := range retired {
 		enc.raw(r.hash[:])
-		enc.str(r.key.org)
-		enc.str(r.key.id)
+		enc.str(r.org)
+		enc.str(r.id)
 		enc.str(string(r.reason))
 	}
 	enc.uint(uint64(len(keyed)))
@@ -156,8 +157,8 @@ func (v *Tokens) Digest() [sha256.Size]byte {
 		lines = append(lines, fmt.Sprintf("hash %x %s/%s", hash, e.token.OrganizationID(), e.token.ID()))
 	}
 	for p, set := range v.byPlace {
-		for k := range set {
-			lines = append(lines, fmt.Sprintf("place %s %d %s %s/%s", p.org, p.kind, p.id, k.org, k.id))
+		for e := range set {
+			lines = append(lines, fmt.Sprintf("place %s %d %s %s/%s", p.org, p.kind, p.id, e.token.OrganizationID(), e.token.ID()))
 		}
 	}
 	v.mu.RUnlock()
@@ -204,16 +205,19 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
 		key := tokenKey{t.OrganizationID(), t.ID()}
 		v.byKey[key] = ent
-		v.reindex(key, ent, nil, "")
+		v.reindex(ent, nil, "")
 	}
 	nr := d.count()
 	v.retired = make(map[domain.SecretHash]retiredSecret, nr)
 	for range nr {
-		var r savedRetired
-		copy(r.hash[:], d.raw(len(r.hash)))
-		r.key = tokenKey{d.common(), d.str()}
-		r.reason = Outcome(d.common())
-		v.retired[r.hash] = r.retiredSecret
+		var hash domain.SecretHash
+		copy(hash[:], d.raw(len(hash)))
+		key := tokenKey{d.common(), d.str()}
+		r := retiredSecret{ent: v.byKey[key], reason: Outcome(d.common())}
+		if r.ent == nil && d.err == nil {
+			d.err = fmt.Errorf("retired secret of unknown token %s", key.id)
+		}
+		v.retired[hash] = r
 	}
 	for range d.count() {
 		id := d.str()

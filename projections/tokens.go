@@ -22,7 +22,7 @@ type Tokens struct {
 	byHash map[domain.SecretHash]*entry
 	// byPlace holds, for each workspace and deployment, the tokens that hold a
 	// role there (see places).
-	byPlace map[place]map[tokenKey]struct{}
+	byPlace map[place]map[*entry]struct{}
 	retired map[domain.SecretHash]retiredSecret
 	// keyed remembers events written under an idempotency key, by event id, so a
 	// retried command is answered with what the first attempt did.
@@ -51,7 +51,7 @@ type entry struct {
 }
 
 type retiredSecret struct {
-	key    tokenKey
+	ent    *entry
 	reason Outcome
 }
 
@@ -68,7 +68,7 @@ func NewTokens() *Tokens {
 	return &Tokens{
 		byKey:   make(map[tokenKey]*entry),
 		byHash:  make(map[domain.SecretHash]*entry),
-		byPlace: make(map[place]map[tokenKey]struct{}),
+		byPlace: make(map[place]map[*entry]struct{}),
 		retired: make(map[domain.SecretHash]retiredSecret),
 		keyed:   make(map[string]Applied),
 		notify:  make(chan struct{}),
@@ -87,26 +87,27 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	}
 	key := tokenKey{e.OrganizationID, e.TokenID}
 	ent := v.byKey[key]
-	var prev, next *domain.Token
 	if ent == nil {
 		tok, err := domain.NewFromCreated(e)
 		if err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
-		ent, next = &entry{}, tok
+		ent = &entry{token: tok}
 		v.byKey[key] = ent
+		v.reindex(ent, nil, e.Type)
 	} else {
-		// Apply on a copy: readers hold no lock while they use what Get returned,
-		// and a refused event must leave the token as it was.
-		prev, next = ent.token, ent.token.Clone()
-		if err := next.Apply(e); err != nil {
+		// The token changes in place, under the write lock: no reader keeps a
+		// pointer to it past its read lock (Get, List and the role view hand
+		// out copies; Verify a value). Apply checks the event before it
+		// changes anything, so a refused event leaves the token as it was.
+		before := ent.token.Clone()
+		if err := ent.token.Apply(e); err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
+		v.reindex(ent, before, e.Type)
 	}
-	ent.token = next
-	v.reindex(key, ent, prev, e.Type)
 	ent.lastSeq = seq
 	if e.IdempotencyKey != "" {
 		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type, RequestHash: e.RequestHash}
@@ -142,27 +143,27 @@ func (v *Tokens) refuse(seq uint64, key tokenKey) {
 // events, replay and snapshots alike. Only the events that can move a token's
 // secret or places touch those indexes: most events in a long history are
 // updates and rotations, and a rebuild is faster for skipping the rest.
-func (v *Tokens) reindex(key tokenKey, ent *entry, prev *domain.Token, typ domain.EventType) {
+func (v *Tokens) reindex(ent *entry, prev *domain.Token, typ domain.EventType) {
 	next := ent.token
 	switch typ {
 	case domain.TokenUpdated:
 		return
 	case domain.TokenAssigned, domain.TokenUnassigned:
-		v.replace(key, places(prev), places(next))
+		v.replace(ent, places(prev), places(next))
 		return
 	}
 	if prev != nil && prev.SecretHash() != next.SecretHash() {
 		delete(v.byHash, prev.SecretHash())
-		v.retired[prev.SecretHash()] = retiredSecret{key: key, reason: OutcomeRotated}
+		v.retired[prev.SecretHash()] = retiredSecret{ent: ent, reason: OutcomeRotated}
 	}
 	if next.Deleted() {
 		delete(v.byHash, next.SecretHash())
-		v.retired[next.SecretHash()] = retiredSecret{key: key, reason: OutcomeDeleted}
+		v.retired[next.SecretHash()] = retiredSecret{ent: ent, reason: OutcomeDeleted}
 	} else {
 		v.byHash[next.SecretHash()] = ent
 	}
 	if typ != domain.TokenRotated {
-		v.replace(key, places(prev), places(next))
+		v.replace(ent, places(prev), places(next))
 	}
 }
 
@@ -278,13 +279,22 @@ const (
 	OutcomeQuarantined Outcome = "quarantined"
 )
 
-// Verdict is what Verify found. Token is set for every outcome but malformed
-// and unknown. It is the view's own token, shared so that verification does
-// not allocate: read it, and Clone it before anything that changes it (the
-// view never changes a token it has handed out; it replaces it).
+// Verdict is what Verify found: the outcome and, for every outcome but
+// malformed and unknown, a copy of the token, taken under the view's lock and
+// held by value so that verification does not allocate.
 type Verdict struct {
 	Outcome Outcome
-	Token   *domain.Token
+	token   domain.Token
+	found   bool
+}
+
+// Token returns the token the secret belongs to, or nil (malformed, unknown).
+func (d Verdict) Token() *domain.Token {
+	if !d.found {
+		return nil
+	}
+	t := d.token
+	return &t
 }
 
 // Reason is a sentence for a person.
@@ -299,7 +309,7 @@ func (d Verdict) Reason() string {
 	case OutcomeRotated:
 		return "this secret was rotated away; the token has a newer secret"
 	case OutcomeExpired:
-		return "token expired at " + d.Token.ExpiresAt().Format(time.RFC3339)
+		return "token expired at " + d.token.ExpiresAt().Format(time.RFC3339)
 	case OutcomeDeleted:
 		return "token was deleted"
 	case OutcomeQuarantined:
@@ -320,14 +330,14 @@ func (v *Tokens) Verify(secret string, now time.Time) Verdict {
 	if ent := v.byHash[h]; ent != nil {
 		switch {
 		case ent.quarantined:
-			return Verdict{Outcome: OutcomeQuarantined, Token: ent.token}
+			return Verdict{Outcome: OutcomeQuarantined, token: *ent.token, found: true}
 		case ent.token.Status(now) == domain.StatusExpired:
-			return Verdict{Outcome: OutcomeExpired, Token: ent.token}
+			return Verdict{Outcome: OutcomeExpired, token: *ent.token, found: true}
 		}
-		return Verdict{Outcome: OutcomeActive, Token: ent.token}
+		return Verdict{Outcome: OutcomeActive, token: *ent.token, found: true}
 	}
 	if r, ok := v.retired[h]; ok {
-		return Verdict{Outcome: r.reason, Token: v.byKey[r.key].token}
+		return Verdict{Outcome: r.reason, token: *r.ent.token, found: true}
 	}
 	return Verdict{Outcome: OutcomeUnknown}
 }
