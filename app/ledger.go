@@ -136,12 +136,14 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 			defer close(watchDone)
 			watchStall(followCtx, store, view, func(err error) { stop(err) })
 		}()
+		want := from
 		err := store.Follow(followCtx, from, func(r eventstore.Recorded) error {
 			// The stream denies deletes, so its sequences have no gaps: a gap
 			// means the consumer was tampered with (filtered, say).
-			if want := view.Sequence() + 1; r.Sequence != want {
+			if r.Sequence != want {
 				return fmt.Errorf("%w: got sequence %d, want %d", errGap, r.Sequence, want)
 			}
+			want++
 			if r.Err != nil {
 				view.Refuse(r.Sequence, r.OrganizationID, r.TokenID)
 				report(fmt.Errorf("refused: %w", r.Err))
