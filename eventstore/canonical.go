@@ -3,6 +3,7 @@ package eventstore
 import (
 	"bytes"
 	"encoding/hex"
+	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -69,7 +70,7 @@ func canonical(b []byte, seen map[string]string) (domain.Event, bool) {
 		s.lit(`,"role":`)
 		d.Role = domain.Role(s.known())
 		if s.key(`,"expiration_days":`) {
-			d.ExpirationDays = int(s.uint())
+			d.ExpirationDays = s.int()
 		}
 		if s.key(`,"expires_at":`) {
 			t := s.time()
@@ -244,6 +245,17 @@ func (s *scan) uint() uint64 {
 	}
 	s.i = j
 	return n
+}
+
+// int reads a number for an int field; one that does not fit is a misfit
+// (encoding/json refuses it), never wrapped.
+func (s *scan) int() int {
+	n := s.uint()
+	if n > math.MaxInt {
+		s.fail()
+		return 0
+	}
+	return int(n)
 }
 
 func (s *scan) time() time.Time {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -121,7 +122,11 @@ func (d *eventDecoder) fast(data []byte) (domain.Event, error) {
 			case "role":
 				c.Role = domain.Role(r.known(v))
 			case "expiration_days":
-				c.ExpirationDays = int(r.uint(v))
+				if n := r.uint(v); n <= math.MaxInt {
+					c.ExpirationDays = int(n)
+				} else {
+					r.err = errNotPlain // encoding/json refuses it; never wrap
+				}
 			case "expires_at":
 				c.ExpiresAt = r.timePtr(v)
 			case "secret_hash":

@@ -98,6 +98,12 @@ func FuzzDecoder(f *testing.F) {
 	}
 	f.Add([]byte(`{"event_id":"x","event_type":"TokenDeleted","token_id":"t","organization_id":"o","version":2,"occurred_at":"2026-01-01T00:00:00Z","actor":{"actor_token_id":"a"},"data":{}}`))
 	f.Add([]byte(`{"EVENT_ID":"x","event_type":"TokenDeleted"}`))
+	// Numbers too large for an int field: encoding/json refuses them.
+	for _, n := range []string{"9223372036854775808", "18446744073709551615"} {
+		ev := `{"event_id":"x","event_type":"TokenCreated","token_id":"t","organization_id":"o","version":1,"occurred_at":"2026-01-01T00:00:00Z","actor":{"actor_token_id":"a"},"data":{"scope":"WORKSPACE","workspace_id":"w","name":"n","role":"WORKSPACE_MEMBER","expiration_days":` + n + `,"secret_hash":"0000000000000000000000000000000000000000000000000000000000000000","fingerprint":"f"}}`
+		f.Add([]byte(ev))
+		f.Add([]byte(ev + " ")) // not canonical: the fastjson path
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d := &eventDecoder{}
 		got, err := d.decode(b)

@@ -59,7 +59,7 @@ func (h SnapshotHeader) Check(stream string, created time.Time, last uint64) err
 }
 
 type savedEntry struct {
-	token       domain.Token // a copy: tokens change in place
+	token       *domain.Token // frozen while the capture holds (see capture)
 	lastSeq     uint64
 	quarantined bool
 }
@@ -76,32 +76,72 @@ type savedKeyed struct {
 	Applied
 }
 
-// WriteSnapshot writes the view to w and returns the sequence it covers. The
-// view is copied under its read lock and encoded after, so events keep being
-// applied while the bytes are written.
-func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Time) (uint64, error) {
-	v.mu.RLock()
-	seq, rejected := v.seq, v.rejected
-	entries := make([]savedEntry, 0, len(v.byKey))
+// captured is the view at one moment, sorted, ready to encode.
+type captured struct {
+	seq      uint64
+	rejected int
+	entries  []savedEntry
+	retired  []savedRetired
+	keyed    []savedKeyed
+	indexes  []string // derived indexes, for Digest only
+}
+
+// capture takes the view at one moment. It holds the lock only to collect
+// pointers, not to copy tokens (which change in place): until release is
+// called, Apply changes a copy of a token instead of the token itself, so the
+// ones collected stay as they were. Verification is not held up while a
+// large view is encoded.
+func (v *Tokens) capture(withIndexes bool) (c captured, release func()) {
+	v.mu.Lock()
+	v.capturing++
+	c.seq, c.rejected = v.seq, v.rejected
+	c.entries = make([]savedEntry, 0, len(v.byKey))
 	for _, e := range v.byKey {
-		entries = append(entries, savedEntry{*e.token, e.lastSeq, e.quarantined})
+		c.entries = append(c.entries, savedEntry{e.token, e.lastSeq, e.quarantined})
 	}
-	retired := make([]savedRetired, 0, len(v.retired))
+	c.retired = make([]savedRetired, 0, len(v.retired))
 	for h, r := range v.retired {
-		retired = append(retired, savedRetired{h, r.ent.token.OrganizationID(), r.ent.token.ID(), r.reason})
+		c.retired = append(c.retired, savedRetired{h, r.ent.token.OrganizationID(), r.ent.token.ID(), r.reason})
 	}
-	keyed := make([]savedKeyed, 0, len(v.keyed))
+	c.keyed = make([]savedKeyed, 0, len(v.keyed))
 	for id, a := range v.keyed {
-		keyed = append(keyed, savedKeyed{id, a})
+		c.keyed = append(c.keyed, savedKeyed{id, a})
 	}
-	v.mu.RUnlock()
+	if withIndexes {
+		for hash, e := range v.byHash {
+			c.indexes = append(c.indexes, fmt.Sprintf("hash %x %s/%s", hash, e.token.OrganizationID(), e.token.ID()))
+		}
+		for p, set := range v.byPlace {
+			for e := range set {
+				c.indexes = append(c.indexes, fmt.Sprintf("place %s %d %s %s/%s", p.org, p.kind, p.id, e.token.OrganizationID(), e.token.ID()))
+			}
+		}
+	}
+	v.mu.Unlock()
+	release = func() {
+		v.mu.Lock()
+		v.capturing--
+		v.mu.Unlock()
+	}
 	// Sorted, so equal views give equal bytes (Digest relies on it).
-	slices.SortFunc(entries, func(a, b savedEntry) int {
+	slices.SortFunc(c.entries, func(a, b savedEntry) int {
 		return cmp.Or(strings.Compare(a.token.OrganizationID(), b.token.OrganizationID()), strings.Compare(a.token.ID(), b.token.ID()))
 	})
-	slices.SortFunc(retired, func(a, b savedRetired) int { return bytes.Compare(a.hash[:], b.hash[:]) })
-	slices.SortFunc(keyed, func(a, b savedKeyed) int { return strings.Compare(a.eventID, b.eventID) })
+	slices.SortFunc(c.retired, func(a, b savedRetired) int { return bytes.Compare(a.hash[:], b.hash[:]) })
+	slices.SortFunc(c.keyed, func(a, b savedKeyed) int { return strings.Compare(a.eventID, b.eventID) })
+	slices.Sort(c.indexes)
+	return c, release
+}
 
+// WriteSnapshot writes the view to w and returns the sequence it covers.
+// Events keep being applied while the bytes are written (see capture).
+func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Time) (uint64, error) {
+	c, release := v.capture(false)
+	defer release()
+	return c.seq, c.write(w, stream, streamCreated)
+}
+
+func (c captured) write(w io.Writer, stream string, streamCreated time.Time) error {
 	sum := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
 	enc := &encoder{w: bw}
@@ -109,23 +149,23 @@ func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Ti
 	enc.uint(SnapshotFormat)
 	enc.str(stream)
 	enc.time(streamCreated)
-	enc.uint(seq)
-	enc.uint(uint64(rejected))
-	enc.uint(uint64(len(entries)))
-	for _, e := range entries {
+	enc.uint(c.seq)
+	enc.uint(uint64(c.rejected))
+	enc.uint(uint64(len(c.entries)))
+	for _, e := range c.entries {
 		enc.token(e.token.State())
 		enc.uint(e.lastSeq)
 		enc.bool(e.quarantined)
 	}
-	enc.uint(uint64(len(retired)))
-	for _, r := range retired {
+	enc.uint(uint64(len(c.retired)))
+	for _, r := range c.retired {
 		enc.raw(r.hash[:])
 		enc.str(r.org)
 		enc.str(r.id)
 		enc.str(string(r.reason))
 	}
-	enc.uint(uint64(len(keyed)))
-	for _, k := range keyed {
+	enc.uint(uint64(len(c.keyed)))
+	for _, k := range c.keyed {
 		enc.str(k.eventID)
 		enc.uint(k.Sequence)
 		enc.str(k.TokenID)
@@ -136,34 +176,24 @@ func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Ti
 		enc.err = bw.Flush()
 	}
 	if enc.err != nil {
-		return 0, fmt.Errorf("write snapshot: %w", enc.err)
+		return fmt.Errorf("write snapshot: %w", enc.err)
 	}
 	if _, err := w.Write(sum.Sum(nil)); err != nil {
-		return 0, fmt.Errorf("write snapshot: %w", err)
+		return fmt.Errorf("write snapshot: %w", err)
 	}
-	return seq, nil
+	return nil
 }
 
-// Digest is a SHA-256 over everything the view holds, in a canonical order:
-// what a snapshot saves, and the indexes derived from it (by secret hash, by
-// workspace and deployment), so that two views are equal exactly when their
-// digests are, indexes included.
+// Digest is a SHA-256 over everything the view holds at one moment, in a
+// canonical order: what a snapshot saves, and the indexes derived from it (by
+// secret hash, by workspace and deployment), so that two views are equal
+// exactly when their digests are, indexes included.
 func (v *Tokens) Digest() [sha256.Size]byte {
+	c, release := v.capture(true)
+	defer release()
 	h := sha256.New()
-	_, _ = v.WriteSnapshot(h, "", time.Time{}) // a hash.Hash never fails to write
-	var lines []string
-	v.mu.RLock()
-	for hash, e := range v.byHash {
-		lines = append(lines, fmt.Sprintf("hash %x %s/%s", hash, e.token.OrganizationID(), e.token.ID()))
-	}
-	for p, set := range v.byPlace {
-		for e := range set {
-			lines = append(lines, fmt.Sprintf("place %s %d %s %s/%s", p.org, p.kind, p.id, e.token.OrganizationID(), e.token.ID()))
-		}
-	}
-	v.mu.RUnlock()
-	slices.Sort(lines)
-	for _, l := range lines {
+	_ = c.write(h, "", time.Time{}) // a hash.Hash never fails to write
+	for _, l := range c.indexes {
 		_, _ = io.WriteString(h, l+"\n")
 	}
 	var out [sha256.Size]byte

@@ -34,6 +34,9 @@ type Tokens struct {
 	// waking them at every event.
 	notify chan struct{}
 	wakeAt uint64
+	// capturing counts snapshots being taken; while any is, Apply replaces a
+	// token rather than change it in place (see capture).
+	capturing int
 	// rejected counts stream messages that could not be applied (see Apply).
 	rejected int
 }
@@ -102,10 +105,15 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		// out copies; Verify a value). Apply checks the event before it
 		// changes anything, so a refused event leaves the token as it was.
 		before := ent.token.Clone()
-		if err := ent.token.Apply(e); err != nil {
+		target := ent.token
+		if v.capturing > 0 {
+			target = before.Clone() // a snapshot is reading the token: leave it be
+		}
+		if err := target.Apply(e); err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
+		ent.token = target
 		v.reindex(ent, before, e.Type)
 	}
 	ent.lastSeq = seq
