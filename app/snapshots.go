@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tokenledger/tokenledger/eventstore"
@@ -24,6 +25,13 @@ func OpenView(ctx context.Context, store *eventstore.Store, path string, rebuild
 		}
 		log.Info("rebuild requested: snapshot discarded, replaying the stream from the first event", "snapshot", path)
 		return projections.NewTokens(), nil
+	}
+	// A save cut short by a crash leaves its temporary file behind.
+	if stale, _ := filepath.Glob(path + ".*.tmp"); len(stale) > 0 {
+		for _, f := range stale {
+			_ = os.Remove(f)
+		}
+		log.Info("removed unfinished snapshot files", "count", len(stale))
 	}
 	start := time.Now()
 	view, h, err := projections.LoadSnapshot(path)

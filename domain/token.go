@@ -142,10 +142,9 @@ func (t *Token) Status(now time.Time) Status {
 	return StatusActive
 }
 
-// Clone returns a copy a command can run on without touching the original, which
-// may be shared with readers. The workspace-role map is shared until one of
-// them changes it: apply copies it first (a rebuild clones a token per event,
-// and most events leave roles alone).
+// Clone returns a copy a command can run on without touching the original.
+// The workspace-role slice is shared: it is never changed in place (apply
+// makes a new one), so sharing it is safe and keeps Clone cheap.
 func (t *Token) Clone() *Token {
 	c := *t
 	return &c

@@ -66,14 +66,32 @@ func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 	if got := list(c); got != want {
 		t.Fatalf("after a restart from the snapshot:\n%s\nwant\n%s", got, want)
 	}
-	// Events after the snapshot are replayed on top of it.
+	// Events after the snapshot are replayed on top of it: keep this
+	// snapshot, write one more event, and put the older snapshot back after
+	// the stop (which saved a newer one).
+	path := filepath.Join(dir, "snapshots", "TOKENS.snap")
+	older, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.CreateToken(context.Background(), httpapi.CreateRequest{Scope: "organization", Name: "d"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	want = list(c)
+	_ = n.close()
+	if err := os.WriteFile(path, older, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	n, c = start(opts)
+	if !strings.Contains(logs.String(), "snapshot loaded") || !strings.Contains(logs.String(), "tail=1") {
+		t.Fatalf("the older snapshot was not loaded with a tail of one event:\n%s", logs.String())
+	}
+	if got := list(c); got != want {
+		t.Fatalf("after replaying the tail:\n%s\nwant\n%s", got, want)
+	}
 
 	// A corrupt snapshot is detected, said so, and the view rebuilt.
-	path := filepath.Join(dir, "snapshots", "TOKENS.snap")
 	_ = n.close()
 	b, err := os.ReadFile(path)
 	if err != nil {
