@@ -217,6 +217,16 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 	}
 	info := cons.CachedInfo()
+	// An ordered consumer is ephemeral but lingers until it times out; a busy
+	// history endpoint would pile them up to the server's limit. Remove it
+	// (by its name at the end: each Fetch of an ordered consumer makes anew).
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if last := cons.CachedInfo(); last != nil {
+			_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, last.Name)
+		}
+	}()
 	pending := info.NumPending
 	out := make([]Recorded, 0, pending)
 	dec := &eventDecoder{}

@@ -365,3 +365,27 @@ func svcStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 	}
 	return s
 }
+
+func TestLoadingHistoriesLeavesNoConsumersBehind(t *testing.T) {
+	st, js, _ := eventstoretest.MustStore(t)
+	tok, e := mustCreate(t, "acme")
+	if _, err := st.Append(ctx(t), e, 0); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if h, err := st.Load(ctx(t), "acme", tok.ID()); err != nil || len(h) != 1 {
+			t.Fatalf("load: %d events, %v", len(h), err)
+		}
+	}
+	stream, err := js.Stream(ctx(t), "TOKENS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers != 0 {
+		t.Fatalf("%d consumers left after 50 loads", info.State.Consumers)
+	}
+}
