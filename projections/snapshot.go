@@ -235,7 +235,7 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
 		key := tokenKey{t.OrganizationID(), t.ID()}
 		v.byKey[key] = ent
-		v.reindex(ent, nil, "")
+		v.reindex(ent, indexed{}, "")
 	}
 	nr := d.count()
 	v.retired = make(map[domain.SecretHash]retiredSecret, nr)

@@ -98,23 +98,26 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		}
 		ent = &entry{token: tok}
 		v.byKey[key] = ent
-		v.reindex(ent, nil, e.Type)
+		v.reindex(ent, indexed{}, e.Type)
 	} else {
 		// The token changes in place, under the write lock: no reader keeps a
 		// pointer to it past its read lock (Get, List and the role view hand
 		// out copies; Verify a value). Apply checks the event before it
 		// changes anything, so a refused event leaves the token as it was.
-		before := ent.token.Clone()
+		// Only what the indexes need of the token before is kept, not a copy
+		// of it: a copy per event is garbage the collector pays for in a
+		// rebuild.
+		prev := indexedFacts(ent.token, e.Type)
 		target := ent.token
 		if v.capturing > 0 {
-			target = before.Clone() // a snapshot is reading the token: leave it be
+			target = target.Clone() // a snapshot is reading the token: leave it be
 		}
 		if err := target.Apply(e); err != nil {
 			v.refuse(seq, key)
 			return fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 		}
 		ent.token = target
-		v.reindex(ent, before, e.Type)
+		v.reindex(ent, prev, e.Type)
 	}
 	ent.lastSeq = seq
 	if e.IdempotencyKey != "" {
@@ -145,24 +148,43 @@ func (v *Tokens) refuse(seq uint64, key tokenKey) {
 	}
 }
 
-// reindex brings every index in line with ent's token, which was prev (nil
-// for a new token) before an event of type typ ("" when restoring a
-// snapshot: everything). It is the one place indexes change, for live
-// events, replay and snapshots alike. Only the events that can move a token's
-// secret or places touch those indexes: most events in a long history are
-// updates and rotations, and a rebuild is faster for skipping the rest.
-func (v *Tokens) reindex(ent *entry, prev *domain.Token, typ domain.EventType) {
+// indexed is what the indexes hold for a token: its secret and its places.
+// known is false for a token they do not hold yet.
+type indexed struct {
+	known  bool
+	secret domain.SecretHash
+	places []place
+}
+
+// indexedFacts takes from t what reindex will need to move it after an event
+// of type typ; places only for the events that can change them.
+func indexedFacts(t *domain.Token, typ domain.EventType) indexed {
+	f := indexed{known: true, secret: t.SecretHash()}
+	if typ != domain.TokenUpdated && typ != domain.TokenRotated {
+		f.places = places(t)
+	}
+	return f
+}
+
+// reindex brings every index in line with ent's token, which the indexes knew
+// as prev (zero for a new token) before an event of type typ ("" when
+// restoring a snapshot: everything). It is the one place indexes change, for
+// live events, replay and snapshots alike. Only the events that can move a
+// token's secret or places touch those indexes: most events in a long
+// history are updates and rotations, and a rebuild is faster for skipping
+// the rest.
+func (v *Tokens) reindex(ent *entry, prev indexed, typ domain.EventType) {
 	next := ent.token
 	switch typ {
 	case domain.TokenUpdated:
 		return
 	case domain.TokenAssigned, domain.TokenUnassigned:
-		v.replace(ent, places(prev), places(next))
+		v.replace(ent, prev.places, places(next))
 		return
 	}
-	if prev != nil && prev.SecretHash() != next.SecretHash() {
-		delete(v.byHash, prev.SecretHash())
-		v.retired[prev.SecretHash()] = retiredSecret{ent: ent, reason: OutcomeRotated}
+	if prev.known && prev.secret != next.SecretHash() {
+		delete(v.byHash, prev.secret)
+		v.retired[prev.secret] = retiredSecret{ent: ent, reason: OutcomeRotated}
 	}
 	if next.Deleted() {
 		delete(v.byHash, next.SecretHash())
@@ -171,7 +193,7 @@ func (v *Tokens) reindex(ent *entry, prev *domain.Token, typ domain.EventType) {
 		v.byHash[next.SecretHash()] = ent
 	}
 	if typ != domain.TokenRotated {
-		v.replace(ent, places(prev), places(next))
+		v.replace(ent, prev.places, places(next))
 	}
 }
 
