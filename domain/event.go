@@ -41,6 +41,13 @@ type Event struct {
 	Type           EventType `json:"event_type"`
 	TokenID        string    `json:"token_id"`
 	OrganizationID string    `json:"organization_id"`
+	// TokenName, Scope, WorkspaceID and DeploymentID say which token this is
+	// as of the event (its name after it), so an event can be read, exported
+	// and audited on its own, without its token's earlier history.
+	TokenName    string `json:"token_name"`
+	Scope        Scope  `json:"scope"`
+	WorkspaceID  string `json:"workspace_id,omitempty"`
+	DeploymentID string `json:"deployment_id,omitempty"`
 	// Version is the token's version after this event: 1 for TokenCreated, and
 	// one more for each event after it.
 	Version        uint64    `json:"version"`
@@ -51,6 +58,12 @@ type Event struct {
 	// parameters, so a retry can be told from a reuse of the key.
 	RequestHash string    `json:"request_hash,omitempty"`
 	Data        EventData `json:"data"`
+	// PrevHash is the Hash of the token's previous event ("" for its
+	// TokenCreated), and Hash is Record().ChainHash(): each token's events
+	// form a hash chain, computed when the event is decided, that an export
+	// carries and `ledger audit verify` checks.
+	PrevHash EventHash `json:"prev_hash,omitzero"`
+	Hash     EventHash `json:"hash,omitzero"`
 }
 
 // EventData is the type-specific part of an event.

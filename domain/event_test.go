@@ -152,13 +152,23 @@ func TestEventJSONFieldNames(t *testing.T) {
 			if err := json.Unmarshal(b, &m); err != nil {
 				t.Fatal(err)
 			}
-			for _, k := range []string{"event_id", "event_type", "token_id", "organization_id", "version", "occurred_at", "actor", "idempotency_key", "data"} {
+			want := []string{"event_id", "event_type", "token_id", "organization_id", "token_name", "scope", "version", "occurred_at", "actor", "idempotency_key", "data", "hash"}
+			if e.Scope != domain.ScopeOrganization {
+				want = append(want, "workspace_id")
+			}
+			if e.Scope == domain.ScopeDeployment {
+				want = append(want, "deployment_id")
+			}
+			if e.Type != domain.TokenCreated {
+				want = append(want, "prev_hash")
+			}
+			for _, k := range want {
 				if _, ok := m[k]; !ok {
 					t.Errorf("event JSON lacks %q: %s", k, b)
 				}
 			}
-			if len(m) != 9 {
-				t.Errorf("event JSON has %d top-level keys, want 9: %s", len(m), b)
+			if len(m) != len(want) {
+				t.Errorf("event JSON has %d top-level keys, want %d: %s", len(m), len(want), b)
 			}
 			if string(m["event_type"]) != `"`+string(tc.wantType)+`"` {
 				t.Errorf("event_type = %s, want %q", m["event_type"], tc.wantType)

@@ -41,6 +41,7 @@ type TokenState struct {
 	Version        uint64
 	SecretHash     SecretHash
 	Fingerprint    string
+	ChainHead      EventHash
 }
 
 // State returns a copy of the token's fields.
@@ -52,7 +53,7 @@ func (t *Token) State() TokenState {
 		WorkspaceRoles: t.WorkspaceRoles(), ExpirationDays: t.expirationDays,
 		ExpiresAt: t.expiresAt, CreatedAt: t.createdAt, UpdatedAt: t.updatedAt,
 		RotatedAt: t.rotatedAt, DeletedAt: t.deletedAt, Version: t.version,
-		SecretHash: t.secretHash, Fingerprint: t.fingerprint,
+		SecretHash: t.secretHash, Fingerprint: t.fingerprint, ChainHead: t.chainHead,
 	}
 }
 
@@ -65,6 +66,6 @@ func RestoreToken(s TokenState) *Token {
 		workspaceRoles: rolesFrom(s.WorkspaceRoles), expirationDays: s.ExpirationDays,
 		expiresAt: s.ExpiresAt, createdAt: s.CreatedAt, updatedAt: s.UpdatedAt,
 		rotatedAt: s.RotatedAt, deletedAt: s.DeletedAt, version: s.Version,
-		secretHash: s.SecretHash, fingerprint: s.Fingerprint,
+		secretHash: s.SecretHash, fingerprint: s.Fingerprint, chainHead: s.ChainHead,
 	}
 }

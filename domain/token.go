@@ -71,6 +71,9 @@ type Token struct {
 	version        uint64
 	secretHash     SecretHash
 	fingerprint    string
+	// chainHead is the Hash of the token's last event: the next event's
+	// PrevHash.
+	chainHead EventHash
 }
 
 func (t *Token) ID() string             { return t.id }
@@ -251,7 +254,7 @@ func Create(cmd CreateToken, env Env) (*Token, Event, Secret, error) {
 		data.DeploymentID = cmd.DeploymentID
 	}
 	if days > 0 {
-		exp := env.Now.Add(time.Duration(days) * 24 * time.Hour).UTC()
+		exp := auditTime(env.Now.Add(time.Duration(days) * 24 * time.Hour))
 		data.ExpiresAt = &exp
 	}
 	t := &Token{id: id, organizationID: cmd.OrganizationID}
@@ -333,7 +336,7 @@ func (t *Token) Rotate(env Env) (Event, Secret, error) {
 		PreviousFingerprint: t.fingerprint,
 	}
 	if t.expirationDays > 0 {
-		exp := env.Now.Add(time.Duration(t.expirationDays) * 24 * time.Hour).UTC()
+		exp := auditTime(env.Now.Add(time.Duration(t.expirationDays) * 24 * time.Hour))
 		data.ExpiresAt = &exp
 	}
 	e, err := t.record(env, data)
@@ -418,13 +421,27 @@ func (t *Token) record(env Env, data EventData) (Event, error) {
 		Type:           data.eventType(),
 		TokenID:        t.id,
 		OrganizationID: t.organizationID,
+		TokenName:      t.name,
+		Scope:          t.scope,
+		WorkspaceID:    t.workspaceID,
+		DeploymentID:   t.deploymentID,
 		Version:        t.version + 1,
-		OccurredAt:     env.Now.UTC(),
+		OccurredAt:     auditTime(env.Now),
 		Actor:          env.Actor,
 		IdempotencyKey: env.IdempotencyKey,
 		RequestHash:    env.RequestHash,
 		Data:           data,
+		PrevHash:       t.chainHead,
 	}
+	switch d := data.(type) {
+	case CreatedData:
+		e.TokenName, e.Scope, e.WorkspaceID, e.DeploymentID = d.Name, d.Scope, d.WorkspaceID, d.DeploymentID
+	case UpdatedData:
+		if d.Name != nil {
+			e.TokenName = *d.Name
+		}
+	}
+	e.Hash = e.Record().chainSum()
 	if err := t.Apply(e); err != nil {
 		return Event{}, err
 	}
@@ -464,6 +481,9 @@ func (t *Token) Apply(e Event) error {
 	}
 	if _, created := e.Data.(CreatedData); created != (t.version == 0) {
 		return fmt.Errorf("apply %s to token %s: a token's history starts with exactly one TokenCreated", e.Type, t.id)
+	}
+	if e.PrevHash != t.chainHead {
+		return fmt.Errorf("apply %s to token %s: prev_hash %s breaks the token's hash chain (its last event's hash is %s)", e.Type, t.id, e.PrevHash, t.chainHead)
 	}
 	switch d := e.Data.(type) {
 	case CreatedData:
@@ -516,6 +536,7 @@ func (t *Token) Apply(e Event) error {
 	}
 	t.version = e.Version
 	t.updatedAt = e.OccurredAt
+	t.chainHead = e.Hash
 	return nil
 }
 

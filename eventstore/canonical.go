@@ -28,6 +28,16 @@ func canonical(b []byte, seen map[string]string) (domain.Event, bool) {
 	e.TokenID = s.str()
 	s.lit(`,"organization_id":`)
 	e.OrganizationID = s.interned()
+	s.lit(`,"token_name":`)
+	e.TokenName = s.str()
+	s.lit(`,"scope":`)
+	e.Scope = domain.Scope(s.known())
+	if s.key(`,"workspace_id":`) {
+		e.WorkspaceID = s.interned()
+	}
+	if s.key(`,"deployment_id":`) {
+		e.DeploymentID = s.interned()
+	}
 	s.lit(`,"version":`)
 	e.Version = s.uint()
 	s.lit(`,"occurred_at":`)
@@ -147,7 +157,14 @@ func canonical(b []byte, seen map[string]string) (domain.Event, bool) {
 	default:
 		return domain.Event{}, false
 	}
-	s.lit(`}}`)
+	s.lit(`}`)
+	if s.key(`,"prev_hash":`) {
+		e.PrevHash = domain.EventHash(s.hash())
+	}
+	if s.key(`,"hash":`) {
+		e.Hash = domain.EventHash(s.hash())
+	}
+	s.lit(`}`)
 	if !s.ok() || s.i != len(s.b) {
 		return domain.Event{}, false
 	}

@@ -32,7 +32,7 @@ const snapshotMagic = "TLSNAP\x00\x01"
 
 // SnapshotFormat is bumped whenever the layout changes; older files are then
 // refused as incompatible.
-const SnapshotFormat = 1
+const SnapshotFormat = 2 // 2: tokens carry their hash chain's head
 
 // ErrBadSnapshot marks a snapshot that cannot be used.
 var ErrBadSnapshot = errors.New("snapshot unusable")
@@ -378,6 +378,7 @@ func (e *encoder) token(s domain.TokenState) {
 	e.uint(s.Version)
 	e.raw(s.SecretHash[:])
 	e.str(s.Fingerprint)
+	e.raw(s.ChainHead[:])
 }
 
 // decoder reads what encoder wrote; after the first fault every read returns
@@ -476,5 +477,6 @@ func (d *decoder) token() domain.TokenState {
 	s.Version = d.uint()
 	copy(s.SecretHash[:], d.raw(len(s.SecretHash)))
 	s.Fingerprint = d.str()
+	copy(s.ChainHead[:], d.raw(len(s.ChainHead)))
 	return s
 }
