@@ -102,7 +102,9 @@ func TestEventsChainTheirHashes(t *testing.T) {
 		func(r *domain.Record) { r.PrevHash = "" },
 		// Field boundaries count: moving a character from one field to
 		// the next is a change too.
-		func(r *domain.Record) { r.EventID, r.EventType = r.EventID+"T", domain.EventType(string(r.EventType)[1:]) },
+		func(r *domain.Record) {
+			r.EventID, r.EventType = r.EventID+"T", domain.EventType(string(r.EventType)[1:])
+		},
 	} {
 		changed := r
 		edit(&changed)
