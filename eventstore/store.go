@@ -85,6 +85,10 @@ type Recorded struct {
 	TokenID        string
 	Event          domain.Event
 	Err            error
+	// StoredAt is when the stream stored the message.
+	StoredAt time.Time
+	// pending is how many messages the consumer had left after this one.
+	pending uint64
 }
 
 // Open creates the stream, or brings an existing one to cfg. The stream denies
@@ -217,16 +221,7 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 	}
 	info := cons.CachedInfo()
-	// An ordered consumer is ephemeral but lingers until it times out; a busy
-	// history endpoint would pile them up to the server's limit. Remove it
-	// (by its name at the end: each Fetch of an ordered consumer makes anew).
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if last := cons.CachedInfo(); last != nil {
-			_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, last.Name)
-		}
-	}()
+	defer s.dropConsumer(ctx, cons)
 	pending := info.NumPending
 	out := make([]Recorded, 0, pending)
 	dec := &eventDecoder{}
@@ -238,7 +233,7 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			rec, _, err := s.decode(dec, msg)
+			rec, err := s.decode(dec, msg)
 			if err == nil {
 				err = rec.Err
 			}
@@ -274,9 +269,15 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	if err != nil {
 		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
 	}
+	return s.consume(ctx, cons, handle)
+}
+
+// consume hands every message cons delivers to handle until ctx ends or
+// handle fails.
+func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle func(Recorded) error) error {
 	iter, err := cons.Messages(jetstream.PullMaxMessages(1024))
 	if err != nil {
-		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
+		return fmt.Errorf("read stream %s: %w", s.cfg.Stream, err)
 	}
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
@@ -314,7 +315,7 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, b.err)
+			return fmt.Errorf("read stream %s: %w", s.cfg.Stream, b.err)
 		}
 	}
 	return ctx.Err()
@@ -337,13 +338,13 @@ func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch, fre
 			out <- followBatch{recs: recs, err: err}
 			return
 		}
-		rec, pending, err := s.decode(dec, msg)
+		rec, err := s.decode(dec, msg)
 		if err != nil {
 			out <- followBatch{recs: recs, err: err}
 			return
 		}
 		recs = append(recs, rec)
-		if pending == 0 || len(recs) == followBatchSize {
+		if rec.pending == 0 || len(recs) == followBatchSize {
 			out <- followBatch{recs: recs}
 			recs = <-free
 		}
@@ -366,12 +367,12 @@ func (s *Store) Get(ctx context.Context, seq uint64) (Recorded, error) {
 // decode reads a stream message. Its error means the message carries no
 // stream metadata at all (it did not come from the stream); a message that is
 // not a valid event comes back with Recorded.Err.
-func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, pending uint64, err error) {
+func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, err error) {
 	meta, err := msg.Metadata()
 	if err != nil {
-		return Recorded{}, 0, fmt.Errorf("event metadata: %w", err)
+		return Recorded{}, fmt.Errorf("event metadata: %w", err)
 	}
-	rec = Recorded{Sequence: meta.Sequence.Stream}
+	rec = Recorded{Sequence: meta.Sequence.Stream, StoredAt: meta.Timestamp, pending: meta.NumPending}
 	var typ string
 	rec.OrganizationID, rec.TokenID, typ = s.parseSubject(msg.Subject())
 	e, err := dec.decode(msg.Data())
@@ -383,7 +384,7 @@ func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, pend
 	default:
 		rec.Event = e
 	}
-	return rec, meta.NumPending, nil
+	return rec, nil
 }
 
 // parseSubject takes organization, token id and event type out of a message
