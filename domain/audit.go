@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -94,9 +95,59 @@ func (e Event) Record() Record {
 	case UnassignedData:
 		r.WorkspaceID, r.PreviousRole = data.WorkspaceID, data.PreviousRole
 	}
-	b, _ := json.Marshal(d) // plain fields: cannot fail
-	r.Details = string(b)
+	r.Details = string(d.appendJSON(make([]byte, 0, 128)))
 	return r
+}
+
+// appendJSON appends d as json.Marshal writes it, byte for byte (a test
+// holds it to that), without reflection: an export computes it for every
+// row.
+func (d *details) appendJSON(b []byte) []byte {
+	b = append(b, `{"version":`...)
+	b = strconv.AppendUint(b, d.Version, 10)
+	str := func(key string, v *string) {
+		if v != nil {
+			b = append(b, ',', '"')
+			b = append(b, key...)
+			b = append(b, '"', ':')
+			b = appendJSONString(b, *v)
+		}
+	}
+	str("name", d.Name)
+	str("previous_name", d.PreviousName)
+	str("description", d.Description)
+	str("previous_description", d.PreviousDescription)
+	if d.ExpirationDays != 0 {
+		b = append(b, `,"expiration_days":`...)
+		b = strconv.AppendInt(b, int64(d.ExpirationDays), 10)
+	}
+	if d.ExpiresAt != nil {
+		b = append(b, `,"expires_at":`...)
+		t, err := d.ExpiresAt.MarshalJSON()
+		if err != nil { // a year outside 0-9999: json.Marshal would fail too
+			t = []byte("null")
+		}
+		b = append(b, t...)
+	}
+	if d.PreviousFingerprint != "" {
+		b = append(b, `,"previous_fingerprint":`...)
+		b = appendJSONString(b, d.PreviousFingerprint)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s quoted as encoding/json quotes it: plain text
+// directly, anything it would escape through encoding/json itself.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string: cannot fail
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // ChainHash is the hex SHA-256 that links a record into its token's chain.
