@@ -7,6 +7,7 @@ package app
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -46,6 +47,8 @@ type Ledger struct {
 	// readWait bounds how long a command or query waits for the view to reach a
 	// sequence it was promised.
 	readWait time.Duration
+	// auditKey signs export manifests.
+	auditKey ed25519.PrivateKey
 }
 
 // Option changes a Ledger's defaults.

@@ -43,7 +43,7 @@ var benchEvents = flag.Int("events", 1_000_000, "events in BenchmarkRestartAndRe
 func BenchmarkRestartAndRebuild(b *testing.B) {
 	ctx := context.Background()
 	store, js, _ := eventstoretest.MustStore(b)
-	fill(b, js, store, *benchEvents)
+	fill(b, js, store, *benchEvents, 50)
 	id, err := store.Identity(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -130,9 +130,10 @@ func BenchmarkRestartAndRebuild(b *testing.B) {
 	}
 }
 
-// fill publishes n events, asynchronously and in order, as the ledger would
-// have stored them: same subjects, same JSON, a msg id each.
-func fill(b *testing.B, js jetstream.JetStream, store *eventstore.Store, n int) {
+// fill publishes n events over orgs organizations, asynchronously and in
+// order, as the ledger would have stored them: same subjects, same JSON, a
+// msg id each.
+func fill(b *testing.B, js jetstream.JetStream, store *eventstore.Store, n, orgs int) {
 	b.Helper()
 	envAt := func(i int) domain.Env {
 		return domain.Env{Now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Millisecond), Rand: rand.Reader,
@@ -151,7 +152,7 @@ func fill(b *testing.B, js jetstream.JetStream, store *eventstore.Store, n int) 
 	}
 	i := 0
 	for tok := 0; i < n; tok++ {
-		org := fmt.Sprintf("org%d", tok%50)
+		org := fmt.Sprintf("org%d", tok%orgs)
 		t, e, _, err := domain.Create(domain.CreateToken{OrganizationID: org, Scope: "organization", Name: fmt.Sprintf("token %d", tok)}, envAt(i))
 		if err != nil {
 			b.Fatal(err)

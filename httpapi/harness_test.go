@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"io"
@@ -30,7 +31,8 @@ type harness struct {
 	store   *eventstore.Store
 	view    *projections.Tokens
 	ledger  *app.Ledger
-	dir     string // JetStream's store directory
+	dir     string             // JetStream's store directory
+	key     ed25519.PrivateKey // signs export manifests
 	srv     *httptest.Server
 	owner   string // secret of acme's bootstrap owner
 	ownerID string
@@ -45,7 +47,12 @@ func newHarness(t *testing.T) *harness {
 	store, _, ns := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
 	h := &harness{t: t, store: store, view: view, dir: ns.JetStreamConfig().StoreDir}
-	ledger := app.New(store, view, app.WithClock(h.now))
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.key = key
+	ledger := app.New(store, view, app.WithClock(h.now), app.WithAuditKey(key))
 	t.Cleanup(app.Feed(store, view, nil))
 
 	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)

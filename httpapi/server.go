@@ -57,6 +57,8 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 	s.mux.Handle("PUT /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.assignToken))
 	s.mux.Handle("DELETE /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.unassignToken))
 	s.mux.Handle("POST /v1/verify", s.authed(s.verify))
+	s.mux.Handle("GET /v1/audit/export", s.authed(s.auditExport))
+	s.mux.HandleFunc("GET /v1/audit/public-key", s.auditPublicKey)
 	// A known path with another method gets 405 and the methods it takes.
 	for path, allow := range map[string]string{
 		"/healthz":                "GET",
@@ -67,7 +69,9 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server
 		"/v1/tokens/{id}/history": "GET",
 		"/v1/roles":               "GET",
 		"/v1/tokens/{id}/workspaces/{workspace_id}": "PUT, DELETE",
-		"/v1/verify": "POST",
+		"/v1/verify":           "POST",
+		"/v1/audit/export":     "GET",
+		"/v1/audit/public-key": "GET",
 	} {
 		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/exporters"
 	"github.com/tokenledger/tokenledger/httpapi"
 )
 
@@ -160,7 +161,14 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		return nil, err
 	}
 	saved := view.Sequence()
-	ledger := app.New(store, view)
+	// The key that signs audit export manifests is made on first start and
+	// kept with the data: an auditor pins its public key once.
+	auditKey, err := exporters.LoadOrCreateKey(o.dataDir)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("audit signing key: %w", err)
+	}
+	ledger := app.New(store, view, app.WithAuditKey(auditKey))
 	closers = append(closers, app.Feed(store, view, func(err error) { log.Error("token view", "error", err) }))
 	if err := ledger.CatchUp(ctx); err != nil {
 		closeAll()

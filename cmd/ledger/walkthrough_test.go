@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"io"
 	"io/fs"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenledger/tokenledger/domain"
 )
 
 // TestREADMEWalkthrough runs the README's walkthrough block as pasted, against
@@ -46,7 +49,8 @@ func TestREADMEWalkthrough(t *testing.T) {
 	// The echo after the block reveals the secrets the block only captured, so
 	// the search below covers them too.
 	out := runScript(t, work, env, script+"\necho \"captured: $ETL_SECRET $NEW_SECRET\"\n")
-	for _, want := range []string{"old secret refused, as it should be", "deleted token refused", "active: tok_", "deleted token tok_", `"name": "ci-main"`, "expiration_days: must be a whole number of days from 1 to 365"} {
+	for _, want := range []string{"old secret refused, as it should be", "deleted token refused", "active: tok_", "deleted token tok_", `"name": "ci-main"`, "expiration_days: must be a whole number of days from 1 to 365",
+		"valid: audit.parquet: parquet", "valid: rotations.jsonl: jsonl, 1 rows"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("walkthrough output lacks %q", want)
 		}
@@ -80,9 +84,28 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if !strings.Contains(string(stored), "ci-pipeline") {
 		t.Fatal("the stream's files do not contain the token names: the secret search is not looking at them")
 	}
+	// Nor in the audit exports the walkthrough wrote, nor their manifests.
+	var exports []byte
+	for _, name := range []string{"audit.parquet", "audit.parquet.manifest.json", "rotations.jsonl", "rotations.jsonl.manifest.json"} {
+		b, err := os.ReadFile(filepath.Join(work, name))
+		if err != nil {
+			t.Fatalf("the walkthrough's export: %v", err)
+		}
+		exports = append(exports, b...)
+	}
+	if !strings.Contains(string(exports), "etl-deployer") {
+		t.Fatal("the exports do not contain the token names: the secret search is not looking at them")
+	}
 	for _, s := range secrets {
 		if strings.Contains(serverLogs.String(), s) {
 			t.Errorf("server log contains a secret")
+		}
+		if bytes.Contains(exports, []byte(s)) {
+			t.Errorf("an audit export contains a secret")
+		}
+		sum := domain.Hash(s)
+		if bytes.Contains(exports, []byte(hex.EncodeToString(sum[:]))) {
+			t.Errorf("an audit export contains a secret's stored hash")
 		}
 		if bytes.Contains(stored, []byte(s)) {
 			t.Errorf("the stream's stored bytes contain a secret")
