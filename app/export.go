@@ -93,17 +93,13 @@ func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, w io.Write
 	}
 	progress(ExportProgress{Rows: written, Estimate: written})
 
-	m, err := out.Manifest(exporters.Manifest{
+	return out.SignedManifest(exporters.Manifest{
 		OrganizationID: c.org(),
 		Filters:        q.filters(),
 		StreamSequence: start.Cut,
 		CreatedAt:      l.now().UTC(),
 		KeyID:          exporters.KeyID(l.AuditPublicKey()),
-	})
-	if err != nil {
-		return nil, err
-	}
-	return exporters.SignManifest(m, l.auditKey)
+	}, l.auditKey)
 }
 
 // filters is the query as the manifest records it: times resolved, so the

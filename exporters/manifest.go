@@ -12,6 +12,7 @@ import (
 	"hash"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -69,17 +70,44 @@ type Chain struct {
 
 // Summary gathers what a manifest says about the rows, as they are written,
 // so a streaming export can fill its manifest at the end. It holds one entry
-// per token, never the rows. The zero Summary is ready to use.
+// per token, never the rows: the chain's two ends as 32-byte hashes, about
+// 150 bytes a token. The zero Summary is ready to use.
 type Summary struct {
 	rows        int64
 	first, last uint64
-	chains      map[string]*Chain
+	chains      map[string]chainEnds
+	// text holds, as given, the chains of tokens whose rows carry hashes
+	// that are not 64 hex characters (the ledger writes none such).
+	text map[string]*Chain
+}
+
+type chainEnds struct {
+	prev, head [32]byte
+	hasPrev    bool // false: the chain starts at TokenCreated (prev_hash "")
+	rows       int64
+}
+
+func (c chainEnds) chain(token string) Chain {
+	ch := Chain{TokenID: token, Head: hex.EncodeToString(c.head[:]), Rows: c.rows}
+	if c.hasPrev {
+		ch.PrevHash = hex.EncodeToString(c.prev[:])
+	}
+	return ch
+}
+
+func parseHash(s string) ([32]byte, bool) {
+	var h [32]byte
+	if len(s) != 2*len(h) || strings.ToLower(s) != s {
+		return h, false
+	}
+	_, err := hex.Decode(h[:], []byte(s))
+	return h, err == nil
 }
 
 // Add counts r, the next row of the file.
 func (s *Summary) Add(r Row) {
 	if s.chains == nil {
-		s.chains = make(map[string]*Chain)
+		s.chains = make(map[string]chainEnds)
 	}
 	seq := uint64(r.Sequence)
 	if s.rows == 0 {
@@ -87,26 +115,88 @@ func (s *Summary) Add(r Row) {
 	}
 	s.last = seq
 	s.rows++
-	c := s.chains[r.TokenID]
-	if c == nil {
-		c = &Chain{TokenID: r.TokenID, PrevHash: r.PrevHash}
-		s.chains[r.TokenID] = c
+	if t := s.text[r.TokenID]; t != nil {
+		t.Head = r.Hash
+		t.Rows++
+		return
 	}
-	c.Head = r.Hash
-	c.Rows++
+	c, seen := s.chains[r.TokenID]
+	head, ok := parseHash(r.Hash)
+	if !seen && r.PrevHash != "" {
+		var okPrev bool
+		c.prev, okPrev = parseHash(r.PrevHash)
+		c.hasPrev, ok = true, ok && okPrev
+	}
+	if !ok {
+		t := &Chain{TokenID: r.TokenID, PrevHash: r.PrevHash, Head: r.Hash, Rows: 1}
+		if seen {
+			t.PrevHash, t.Rows = c.chain(r.TokenID).PrevHash, c.rows+1
+			delete(s.chains, r.TokenID)
+		}
+		if s.text == nil {
+			s.text = make(map[string]*Chain)
+		}
+		s.text[r.TokenID] = t
+		return
+	}
+	c.head = head
+	c.rows++
+	s.chains[r.TokenID] = c
 }
 
 // Rows is the number of rows added.
 func (s *Summary) Rows() int64 { return s.rows }
 
+// tokens returns the tokens seen, sorted.
+func (s *Summary) tokens() []string {
+	out := make([]string, 0, len(s.chains)+len(s.text))
+	for t := range s.chains {
+		out = append(out, t)
+	}
+	for t := range s.text {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Summary) chain(token string) Chain {
+	if t := s.text[token]; t != nil {
+		return *t
+	}
+	return s.chains[token].chain(token)
+}
+
 // Chains returns each token's chain, sorted by token id.
 func (s *Summary) Chains() []Chain {
-	out := make([]Chain, 0, len(s.chains))
-	for _, c := range s.chains {
-		out = append(out, *c)
+	tokens := s.tokens()
+	out := make([]Chain, len(tokens))
+	for i, t := range tokens {
+		out[i] = s.chain(t)
 	}
-	slices.SortFunc(out, func(a, b Chain) int { return strings.Compare(a.TokenID, b.TokenID) })
 	return out
+}
+
+// appendChains appends each token's chain as Chain's JSON, sorted by token
+// id, one per line: the manifest's chains without a []Chain in between.
+func (s *Summary) appendChains(b []byte) []byte {
+	for i, t := range s.tokens() {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, "\n      "...)
+		c := s.chain(t)
+		b = append(b, `{"token_id":`...)
+		b = appendJSONString(b, c.TokenID)
+		b = append(b, `,"prev_hash":`...)
+		b = appendJSONString(b, c.PrevHash)
+		b = append(b, `,"head":`...)
+		b = appendJSONString(b, c.Head)
+		b = append(b, `,"rows":`...)
+		b = strconv.AppendInt(b, c.Rows, 10)
+		b = append(b, '}')
+	}
+	return b
 }
 
 // Fill sets m's row count, first and last sequence and chains.
@@ -136,6 +226,9 @@ func NewExport(f Format, w io.Writer) (*Export, error) {
 
 // Write writes the next row.
 func (e *Export) Write(r Row) error {
+	if e.closed {
+		return errClosed
+	}
 	if err := e.w.Write(r); err != nil {
 		return err
 	}
@@ -145,10 +238,14 @@ func (e *Export) Write(r Row) error {
 
 // Close finishes the file.
 func (e *Export) Close() error {
+	if e.closed {
+		return errClosed
+	}
 	if err := e.w.Close(); err != nil {
 		return err
 	}
 	e.closed = true
+	e.w = nil // its buffers (a Parquet row group, a compressor) are not needed for the manifest
 	return nil
 }
 
@@ -163,6 +260,19 @@ func (e *Export) Manifest(m Manifest) (Manifest, error) {
 	e.summary.Fill(&m)
 	m.SHA256 = hex.EncodeToString(e.sha.Sum(nil))
 	return m, nil
+}
+
+// SignedManifest is Manifest then SignManifest, with the chains written
+// straight from the export's summary: an export over hundreds of thousands
+// of tokens never holds them as a []Chain.
+func (e *Export) SignedManifest(m Manifest, key ed25519.PrivateKey) ([]byte, error) {
+	if !e.closed {
+		return nil, errors.New("export manifest: the file is not finished (call Close first)")
+	}
+	m.Format = e.format
+	m.Rows, m.FirstSequence, m.LastSequence = e.summary.rows, e.summary.first, e.summary.last
+	m.SHA256 = hex.EncodeToString(e.sha.Sum(nil))
+	return signManifest(m, key, len(e.summary.chains)+len(e.summary.text), e.summary.appendChains)
 }
 
 // Errors of OpenManifest, for errors.Is.
@@ -184,26 +294,57 @@ type signedFile struct {
 // The file is indented for people to read; the signature covers the bytes of
 // the "signed" value exactly as they appear in it.
 func SignManifest(m Manifest, key ed25519.PrivateKey) ([]byte, error) {
+	var sum Summary
+	for _, c := range m.Chains {
+		sum.text = mapWith(sum.text, c)
+	}
+	m.Chains = nil
+	return signManifest(m, key, len(sum.text), sum.appendChains)
+}
+
+func mapWith(m map[string]*Chain, c Chain) map[string]*Chain {
+	if m == nil {
+		m = make(map[string]*Chain)
+	}
+	m[c.TokenID] = &c
+	return m
+}
+
+// signManifest writes the manifest file in one buffer, sized up front, with
+// one chain per line (an export of a million events may hold two hundred
+// thousand), and signs the "signed" value in place.
+func signManifest(m Manifest, key ed25519.PrivateKey, chains int, appendChains func([]byte) []byte) ([]byte, error) {
 	if len(key) != ed25519.PrivateKeySize {
 		return nil, errors.New("sign manifest: not an Ed25519 private key")
 	}
-	if m.Chains == nil {
-		m.Chains = []Chain{} // "[]", not null: the file has no chains
-	}
-	signed, err := json.MarshalIndent(m, "  ", "  ")
+	m.Chains = nil
+	head, err := json.MarshalIndent(m, "  ", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("sign manifest: %w", err)
 	}
-	pub := key.Public().(ed25519.PublicKey)
-	var b bytes.Buffer
-	b.WriteString("{\n  \"signed\": ")
-	b.Write(signed)
-	b.WriteString(",\n  \"signature\": ")
-	b.Write(mustJSON(base64.StdEncoding.EncodeToString(ed25519.Sign(key, signed))))
-	b.WriteString(",\n  \"public_key\": ")
-	b.Write(mustJSON(FormatPublicKey(pub)))
-	b.WriteString("\n}\n")
-	return b.Bytes(), nil
+	const chainsKey = `"chains": null`
+	at := bytes.Index(head, []byte(chainsKey))
+	if at < 0 {
+		return nil, errors.New("sign manifest: no chains field") // the struct has one: cannot happen
+	}
+	b := make([]byte, 0, len(head)+chains*200+256)
+	b = append(b, "{\n  \"signed\": "...)
+	start := len(b)
+	b = append(b, head[:at]...)
+	b = append(b, `"chains": [`...)
+	b = appendChains(b)
+	if chains > 0 {
+		b = append(b, "\n    "...)
+	}
+	b = append(b, ']')
+	b = append(b, head[at+len(chainsKey):]...)
+	sig := ed25519.Sign(key, b[start:])
+	b = append(b, ",\n  \"signature\": "...)
+	b = append(b, mustJSON(base64.StdEncoding.EncodeToString(sig))...)
+	b = append(b, ",\n  \"public_key\": "...)
+	b = append(b, mustJSON(FormatPublicKey(key.Public().(ed25519.PublicKey)))...)
+	b = append(b, "\n}\n"...)
+	return b, nil
 }
 
 func mustJSON(s string) []byte {

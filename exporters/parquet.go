@@ -98,7 +98,7 @@ func newParquetWriter(out io.Writer, extra ...parquet.WriterOption) *parquetWrit
 		parquet.MaxRowsPerRowGroup(RowGroupRows),
 		// The fastest zstd level: an export is written while the client
 		// waits, and the better levels gain little on this data.
-		parquet.Compression(&zstd.Codec{Level: zstd.SpeedFastest}),
+		parquet.Compression(&zstd.Codec{Level: zstd.SpeedFastest, Concurrency: 1}), // one encoder: its window is most of the writer's memory
 		parquet.CreatedBy("tokenledger", "audit-export-v1", ""),
 		// Pages of up to 1 MiB before encoding: fewer, larger pages write
 		// faster (each page is compressed and gets statistics on its own),

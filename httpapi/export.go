@@ -41,8 +41,12 @@ const (
 	frameError    = 'E'
 )
 
-// maxFrame bounds a frame a client will accept.
-const maxFrame = 16 << 20
+// maxFrame bounds a frame a client will accept; a manifest, which lists
+// every token the export holds, may be larger (maxManifestFrame).
+const (
+	maxFrame         = 16 << 20
+	maxManifestFrame = 1 << 30
+)
 
 var exportParams = map[string]bool{"format": true, "since": true, "until": true, "type": true, "token": true,
 	"workspace": true, "deployment": true, "actor": true, "after_sequence": true}
@@ -215,7 +219,7 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 			return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export broke off before its manifest: %w", err)}
 		}
 		n := binary.BigEndian.Uint32(head[1:])
-		if n > maxFrame {
+		if n > maxFrame && (head[0] != frameManifest || n > maxManifestFrame) {
 			return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export frame of %d bytes: not a ledger's answer", n)}
 		}
 		if uint32(cap(buf)) < n {
