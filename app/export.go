@@ -28,6 +28,16 @@ func (l *Ledger) AuditPublicKey() ed25519.PublicKey {
 // ErrNoAuditKey: the ledger was started without a signing key.
 var ErrNoAuditKey = errors.New("this ledger has no audit signing key")
 
+// errUnexportable: the stream holds a message that is not an event.
+var errUnexportable = errors.New("the stream holds a message that cannot be exported")
+
+// writeError is a failure to write the export out: the reader has gone,
+// usually.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return "writing the export: " + e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
 // ExportProgress is how far an export has got: rows written, and an upper
 // bound on the rows it will write (the events its range holds).
 type ExportProgress struct {
@@ -61,7 +71,7 @@ func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, w io.Write
 	var start eventstore.ScanStart
 	rng := eventstore.Range{
 		OrganizationID: c.org(), TokenID: q.TokenID, Types: q.Types,
-		AfterSequence: q.AfterSequence, Since: q.Since, Until: q.Until,
+		AfterSequence: q.AfterSequence, Since: q.Since,
 	}
 	var written uint64
 	err = l.store.Scan(ctx, rng, func(s eventstore.ScanStart) {
@@ -71,25 +81,32 @@ func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, w io.Write
 		if rec.Err != nil {
 			// Only a writer that bypassed the ledger stores such a message;
 			// an audit log that skipped it would hide it.
-			return fmt.Errorf("stream sequence %d cannot be exported: %w", rec.Sequence, rec.Err)
+			return fmt.Errorf("%w: stream sequence %d: %w", errUnexportable, rec.Sequence, rec.Err)
 		}
 		row := exporters.RowOf(rec.Sequence, rec.Event)
 		if !q.keeps(row) {
 			return nil
 		}
 		if err := out.Write(row); err != nil {
-			return err
+			return &writeError{err}
 		}
 		if written++; written%progressEvery == 0 {
 			progress(ExportProgress{Rows: written, Estimate: start.Pending})
 		}
 		return nil
 	})
-	if err != nil {
+	var we *writeError
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("export stopped: %w", ctx.Err())
+	case errors.As(err, &we), errors.Is(err, errUnexportable):
+		return nil, err // the reader went away, or the stream holds what no row can say: retrying will not help
+	default:
 		return nil, fmt.Errorf("%w: export stopped: %w", ErrUnavailable, err)
 	}
 	if err := out.Close(); err != nil {
-		return nil, err
+		return nil, &writeError{err}
 	}
 	progress(ExportProgress{Rows: written, Estimate: written})
 

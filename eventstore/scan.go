@@ -23,17 +23,19 @@ type Range struct {
 	// incremental export passes the previous export's stream sequence).
 	AfterSequence uint64
 	// Since starts the read at the first message stored at or after this
-	// moment (less a margin, see sinceMargin); used when AfterSequence is 0.
+	// moment, less sinceMargin; used when AfterSequence is 0. The caller
+	// filters on occurred_at; the read itself always runs to the cut, never
+	// stopping early on a stored time, so a clock between the ledger and
+	// NATS that disagrees cannot drop a row at the end.
 	Since time.Time
-	// Until ends the read at the first message stored after this moment
-	// (plus the margin); zero: read to the end.
-	Until time.Time
 }
 
 // sinceMargin widens a time seek: an event's occurred_at is the ledger's
-// clock when it decided, a little before the stream stored it. Callers
-// filter exactly on occurred_at.
-const sinceMargin = time.Minute
+// clock when it decided, the stored time the NATS server's when it stored
+// it. Callers filter exactly on occurred_at; the margin only has to cover
+// the two clocks' disagreement (and the time between decision and store),
+// and an hour more read is cheap beside a row lost.
+const sinceMargin = time.Hour
 
 // ScanStart is what a scan knows when it begins.
 type ScanStart struct {
@@ -90,16 +92,16 @@ func (s *Store) Scan(ctx context.Context, r Range, start func(ScanStart), handle
 	if err != nil {
 		return fmt.Errorf("scan stream %s: %w", s.cfg.Stream, err)
 	}
+	defer s.dropConsumer(ctx, cons)
 	pending := cons.CachedInfo().NumPending
 	start(ScanStart{Cut: cut, Pending: pending})
 	if pending == 0 {
 		return nil
 	}
-	defer s.dropConsumer(ctx, cons)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	err = s.consume(ctx, cons, func(rec Recorded) error {
-		if rec.Sequence > cut || (!r.Until.IsZero() && rec.StoredAt.After(r.Until.Add(sinceMargin))) {
+		if rec.Sequence > cut {
 			return errScanDone
 		}
 		if err := handle(rec); err != nil {

@@ -34,7 +34,7 @@ func scanAll(t *testing.T, st *eventstore.Store, r eventstore.Range) ([]uint64, 
 // Scan reads exactly the part of one organization's history it is asked for,
 // starting where it is told, and stops at the stream's end as of its start.
 func TestScanReadsExactlyTheRangeAskedFor(t *testing.T) {
-	st, _, _ := eventstoretest.MustStore(t)
+	st, js, _ := eventstoretest.MustStore(t)
 	type stored struct {
 		seq uint64
 		e   domain.Event
@@ -109,6 +109,14 @@ func TestScanReadsExactlyTheRangeAskedFor(t *testing.T) {
 			}
 			if start.Cut != 12 || start.Pending < uint64(len(got)) {
 				t.Fatalf("start = %+v: want cut 12 and at least %d pending", start, len(got))
+			}
+			// Nightly exports with nothing new must not pile consumers up.
+			info, err := js.Stream(ctx(t), "TOKENS")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := info.CachedInfo().State.Consumers; n != 0 {
+				t.Fatalf("the scan left %d consumers on the stream", n)
 			}
 		})
 	}

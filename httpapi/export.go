@@ -3,7 +3,6 @@ package httpapi
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -21,10 +20,11 @@ import (
 
 // An export answers in one of two ways:
 //
-//   - plain (the default): the file itself as the body, and the signed
-//     manifest, base64, in the HTTP trailer Ledger-Manifest once the body is
-//     complete (or Ledger-Export-Error if it broke off). Any HTTP client can
-//     save it.
+//   - plain (the default): the file itself as the body, and its SHA-256 in
+//     the HTTP trailer Ledger-Export-SHA256 once the body is complete (or
+//     Ledger-Export-Error if it broke off). Any HTTP client can save it. The
+//     signed manifest, which lists every token's chain and so can run to
+//     megabytes, is too large for a trailer: it comes with framed output.
 //   - framed, when the request accepts ExportFramesType: the body is a
 //     sequence of frames, each a kind byte, a big-endian uint32 length and
 //     that many bytes: 'D' file bytes, 'P' progress (JSON {"rows","estimate"}),
@@ -69,7 +69,11 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 		return err
 	}
 	framed := strings.Contains(r.Header.Get("Accept"), ExportFramesType)
-	out := &exportResponse{w: w, framed: framed, flusher: http.NewResponseController(w)}
+	rc := http.NewResponseController(w)
+	// An export runs as long as the organization's history takes to send:
+	// the server's write timeout, meant for ordinary answers, would cut it.
+	_ = rc.SetWriteDeadline(time.Time{})
+	out := &exportResponse{w: w, framed: framed, flusher: rc}
 	out.start = func() {
 		h := w.Header()
 		h.Set("Cache-Control", "no-store")
@@ -79,7 +83,7 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 		} else {
 			h.Set("Content-Type", contentTypes[q.Format])
 			h.Set("Content-Disposition", fmt.Sprintf(`attachment; filename="audit-%s-%s%s"`, c.Token.OrganizationID(), s.ledger.Now().UTC().Format("20060102T150405Z"), q.Format.Ext()))
-			h.Set("Trailer", "Ledger-Manifest, Ledger-Export-Error")
+			h.Set("Trailer", "Ledger-Export-SHA256, Ledger-Export-Error")
 		}
 		w.WriteHeader(http.StatusOK)
 	}
@@ -102,7 +106,11 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 			return err // nothing sent yet: an ordinary error answer
 		}
 		p := problemFor(err)
-		if p.Status >= 500 {
+		switch {
+		case r.Context().Err() != nil:
+			s.log.Info("export abandoned by the client", "request_id", c.RequestID)
+			return nil
+		case p.Status >= 500:
 			s.log.Error("export failed", "request_id", c.RequestID, "error", err)
 		}
 		if framed {
@@ -117,9 +125,15 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 	out.begin()
 	if framed {
 		out.frame(frameManifest, manifest)
-	} else {
-		w.Header().Set("Ledger-Manifest", base64.StdEncoding.EncodeToString(manifest))
+		return nil
 	}
+	var signed struct {
+		Signed struct {
+			SHA256 string `json:"sha256"`
+		} `json:"signed"`
+	}
+	_ = json.Unmarshal(manifest, &signed) // ours: it reads
+	w.Header().Set("Ledger-Export-SHA256", signed.Signed.SHA256)
 	return nil
 }
 
@@ -222,6 +236,14 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 		if n > maxFrame && (head[0] != frameManifest || n > maxManifestFrame) {
 			return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export frame of %d bytes: not a ledger's answer", n)}
 		}
+		if head[0] == frameManifest {
+			// Read as it arrives, not allocated from the header's word.
+			m, err := io.ReadAll(io.LimitReader(rd, int64(n)))
+			if err != nil || len(m) != int(n) {
+				return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export broke off in its manifest: %v", err)}
+			}
+			return m, nil
+		}
 		if uint32(cap(buf)) < n {
 			buf = make([]byte, n)
 		}
@@ -239,8 +261,6 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 			if json.Unmarshal(buf, &p) == nil && progress != nil {
 				progress(p)
 			}
-		case frameManifest:
-			return append([]byte(nil), buf...), nil
 		case frameError:
 			p := &Problem{}
 			if json.Unmarshal(buf, p) != nil || p.Status == 0 {

@@ -128,6 +128,12 @@ func exportTo(ctx context.Context, c *httpapi.Client, q url.Values, out, manifes
 	if err != nil {
 		return err
 	}
+	// The manifest lands first: a file in place always has its manifest.
+	if manifestPath != "" {
+		if err := writeFileAtomic(manifestPath, manifest); err != nil {
+			return fmt.Errorf("--manifest: %w", err)
+		}
+	}
 	if file != nil {
 		if err := file.Sync(); err != nil {
 			return err
@@ -137,11 +143,6 @@ func exportTo(ctx context.Context, c *httpapi.Client, q url.Values, out, manifes
 		}
 		if err := os.Rename(tmp, out); err != nil {
 			return err
-		}
-	}
-	if manifestPath != "" {
-		if err := os.WriteFile(manifestPath, manifest, 0o644); err != nil {
-			return fmt.Errorf("--manifest: %w", err)
 		}
 	}
 	where := out
@@ -155,6 +156,31 @@ func exportTo(ctx context.Context, c *httpapi.Client, q url.Values, out, manifes
 		fmt.Fprintf(stderr, "; no manifest written (give --manifest PATH)\n")
 	}
 	return nil
+}
+
+// writeFileAtomic writes b to path through a synced temporary file and a
+// rename, so path never holds half of it.
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // gone already once renamed
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 type signedSummary struct {

@@ -79,4 +79,12 @@ func TestCLIAuditExportThenVerify(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "x")); err == nil {
 		t.Fatal("a refused export left a file behind")
 	}
+	// A manifest that cannot be written leaves no export without one.
+	lone := filepath.Join(dir, "lone.jsonl")
+	if code, _, stderr := c.run("", "audit", "export", "--format", "jsonl", "--out", lone, "--manifest", filepath.Join(dir, "missing", "m.json")); code == 0 || !strings.Contains(stderr, "--manifest") {
+		t.Fatalf("export with an unwritable manifest: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(lone); err == nil {
+		t.Fatal("an export whose manifest could not be written was left in place")
+	}
 }
