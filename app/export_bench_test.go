@@ -13,7 +13,6 @@ import (
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/exporters"
 	"github.com/tokenledger/tokenledger/projections"
 )
@@ -37,7 +36,7 @@ import (
 // Run: go test -run '^$' -bench Export -benchtime 1x -timeout 30m ./app -events 1000000
 func BenchmarkExport(b *testing.B) {
 	ctx := context.Background()
-	store, js, _ := eventstoretest.MustStore(b)
+	store, js := benchStore(b)
 	fill(b, js, store, *benchEvents, 1)
 	last, err := store.LastSequence(ctx)
 	if err != nil {

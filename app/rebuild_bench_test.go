@@ -28,7 +28,44 @@ import (
 	"github.com/tokenledger/tokenledger/projections"
 )
 
-var benchEvents = flag.Int("events", 1_000_000, "events in BenchmarkRestartAndRebuild (5 per token)")
+var (
+	benchEvents  = flag.Int("events", 1_000_000, "events in the benchmarks (5 per token)")
+	benchNATSURL = flag.String("nats-url", "", "run the benchmarks against this NATS server (2.11+, JetStream on) instead of one embedded in the test process; they use their own stream, "+benchStream+", deleted at the end")
+)
+
+// benchStream is the stream the benchmarks fill.
+const benchStream = "LEDGER_BENCH"
+
+// benchStore opens a fresh stream: on a server embedded in this process (as
+// `ledger serve` runs by default), or with -nats-url on one outside it (as a
+// ledger on a NATS cluster runs), where the server's own memory is not in
+// the heap this process's garbage collector walks.
+func benchStore(b *testing.B) (*eventstore.Store, jetstream.JetStream) {
+	b.Helper()
+	var js jetstream.JetStream
+	if *benchNATSURL == "" {
+		ns := eventstoretest.MustServer(b)
+		_, js = eventstoretest.MustConnect(b, ns)
+	} else {
+		nc, err := nats.Connect(*benchNATSURL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		if js, err = jetstream.New(nc); err != nil {
+			b.Fatal(err)
+		}
+		_ = js.DeleteStream(context.Background(), benchStream) // a leftover of an interrupted run
+		b.Cleanup(func() { _ = js.DeleteStream(context.Background(), benchStream) })
+	}
+	cfg := eventstore.DefaultConfig()
+	cfg.Stream, cfg.SubjectPrefix = benchStream, "ledger.bench.tokens"
+	store, err := eventstore.Open(context.Background(), js, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return store, js
+}
 
 // BenchmarkRestartAndRebuild fills a file-backed stream with -events events
 // (a create and four more commands per token), then measures, in one run:
@@ -40,9 +77,10 @@ var benchEvents = flag.Int("events", 1_000_000, "events in BenchmarkRestartAndRe
 //   - the process's peak resident memory (the embedded NATS server included).
 //
 // Run: go test -run '^$' -bench RestartAndRebuild -benchtime 1x ./app -events 1000000
+// (add -nats-url nats://HOST:4222 to use a NATS server outside the process)
 func BenchmarkRestartAndRebuild(b *testing.B) {
 	ctx := context.Background()
-	store, js, _ := eventstoretest.MustStore(b)
+	store, js := benchStore(b)
 	fill(b, js, store, *benchEvents, 50)
 	id, err := store.Identity(ctx)
 	if err != nil {
@@ -84,7 +122,7 @@ func BenchmarkRestartAndRebuild(b *testing.B) {
 
 		path := filepath.Join(b.TempDir(), "TOKENS.snap")
 		start := time.Now()
-		if _, err := view.SaveSnapshot(path, "TOKENS", id.Created); err != nil {
+		if _, err := view.SaveSnapshot(path, benchStream, id.Created); err != nil {
 			b.Fatal(err)
 		}
 		saveTime := time.Since(start)
@@ -192,7 +230,7 @@ func rawReplay(b *testing.B, js jetstream.JetStream, last uint64) float64 {
 	b.Helper()
 	ctx := context.Background()
 	start := time.Now()
-	cons, err := js.OrderedConsumer(ctx, "TOKENS", jetstream.OrderedConsumerConfig{})
+	cons, err := js.OrderedConsumer(ctx, benchStream, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
