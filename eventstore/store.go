@@ -85,8 +85,6 @@ type Recorded struct {
 	TokenID        string
 	Event          domain.Event
 	Err            error
-	// StoredAt is when the stream stored the message.
-	StoredAt time.Time
 	// pending is how many messages the consumer had left after this one.
 	pending uint64
 }
@@ -372,7 +370,7 @@ func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, err 
 	if err != nil {
 		return Recorded{}, fmt.Errorf("event metadata: %w", err)
 	}
-	rec = Recorded{Sequence: meta.Sequence.Stream, StoredAt: meta.Timestamp, pending: meta.NumPending}
+	rec = Recorded{Sequence: meta.Sequence.Stream, pending: meta.NumPending}
 	var typ string
 	rec.OrganizationID, rec.TokenID, typ = s.parseSubject(msg.Subject())
 	e, err := dec.decode(msg.Data())

@@ -70,11 +70,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, header h
 		return &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("read answer: %w", err)}
 	}
 	if resp.StatusCode >= 400 {
-		p := &Problem{}
-		if json.Unmarshal(data, p) != nil || p.Status == 0 {
-			p = &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
-		}
-		return p
+		return readProblem(data, resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	if out == nil {
 		return nil
@@ -206,4 +202,14 @@ func (c *Client) Verify(ctx context.Context, secret string) (Verification, error
 	var v Verification
 	err := c.do(ctx, http.MethodPost, "/v1/verify", VerifyRequest{Token: secret}, nil, &v)
 	return v, err
+}
+
+// readProblem reads a problem document; anything else (a proxy's page, say)
+// becomes a problem with the given status and title and the text as detail.
+func readProblem(data []byte, status int, title string) *Problem {
+	p := &Problem{}
+	if json.Unmarshal(data, p) != nil || p.Status == 0 {
+		p = &Problem{Status: status, Title: title, Detail: strings.TrimSpace(string(data))}
+	}
+	return p
 }

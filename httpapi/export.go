@@ -262,11 +262,7 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 				progress(p)
 			}
 		case frameError:
-			p := &Problem{}
-			if json.Unmarshal(buf, p) != nil || p.Status == 0 {
-				p = &Problem{Status: http.StatusInternalServerError, Title: "Export failed", Detail: strings.TrimSpace(string(buf))}
-			}
-			return nil, p
+			return nil, readProblem(buf, http.StatusInternalServerError, "Export failed")
 		default:
 			return nil, &UnreachableError{URL: c.BaseURL, Err: errors.New("export frame of unknown kind: not a ledger's answer")}
 		}
@@ -279,9 +275,5 @@ func problemFromResponse(resp *http.Response) error {
 	if err != nil {
 		return &UnreachableError{URL: resp.Request.URL.Host, Err: fmt.Errorf("read answer: %w", err)}
 	}
-	p := &Problem{}
-	if json.Unmarshal(data, p) != nil || p.Status == 0 {
-		p = &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
-	}
-	return p
+	return readProblem(data, resp.StatusCode, http.StatusText(resp.StatusCode))
 }
