@@ -48,25 +48,39 @@ type ExportProgress struct {
 // progressEvery is how many rows pass between progress reports.
 const progressEvery = 2048
 
+// ExportOutput is where an export goes.
+type ExportOutput struct {
+	// File receives the export file's bytes as they are made.
+	File io.Writer
+	// Manifest, if not nil, receives the signed manifest file once the
+	// export file is complete.
+	Manifest io.Writer
+	// Progress, if not nil, is called as rows are written.
+	Progress func(ExportProgress)
+}
+
 // Export writes the audit log of the caller's organization selected by q to
-// w, row by row as it reads the stream, and returns the signed manifest of
-// what it wrote. Memory does not grow with the export: rows go out as they
-// are read (a Parquet row group at a time), and only one chain head per
-// token is kept for the manifest. progress, if not nil, is called as rows
-// are written. Only an organization owner may export.
-func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, w io.Writer, progress func(ExportProgress)) ([]byte, error) {
+// out.File, row by row as it reads the stream, then the signed manifest of
+// what it wrote to out.Manifest, and returns that manifest without its
+// chains. Memory does not grow with the number of rows: rows go out as they
+// are read (a Parquet row group at a time), and only one chain entry per
+// token is kept, for the manifest, which is written as it is made. Only an
+// organization owner may export.
+func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, to ExportOutput) (exporters.Manifest, error) {
+	var none exporters.Manifest
 	if err := authorize(c); err != nil {
-		return nil, err
+		return none, err
 	}
 	if l.auditKey == nil {
-		return nil, ErrNoAuditKey
+		return none, ErrNoAuditKey
 	}
+	progress := to.Progress
 	if progress == nil {
 		progress = func(ExportProgress) {}
 	}
-	out, err := exporters.NewExport(q.Format, w)
+	out, err := exporters.NewExport(q.Format, to.File)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	var start eventstore.ScanStart
 	rng := eventstore.Range{
@@ -99,24 +113,32 @@ func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, w io.Write
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
-		return nil, fmt.Errorf("export stopped: %w", ctx.Err())
+		return none, fmt.Errorf("export stopped: %w", ctx.Err())
 	case errors.As(err, &we), errors.Is(err, errUnexportable):
-		return nil, err // the reader went away, or the stream holds what no row can say: retrying will not help
+		return none, err // the reader went away, or the stream holds what no row can say: retrying will not help
 	default:
-		return nil, fmt.Errorf("%w: export stopped: %w", ErrUnavailable, err)
+		return none, fmt.Errorf("%w: export stopped: %w", ErrUnavailable, err)
 	}
 	if err := out.Close(); err != nil {
-		return nil, &writeError{err}
+		return none, &writeError{err}
 	}
 	progress(ExportProgress{Rows: written, Estimate: written})
 
-	return out.SignedManifest(exporters.Manifest{
+	manifestTo := to.Manifest
+	if manifestTo == nil {
+		manifestTo = io.Discard // still made: the returned manifest is the signed one
+	}
+	m, err := out.WriteSignedManifest(manifestTo, exporters.Manifest{
 		OrganizationID: c.org(),
 		Filters:        q.filters(),
 		StreamSequence: start.Cut,
 		CreatedAt:      l.now().UTC(),
 		KeyID:          exporters.KeyID(l.AuditPublicKey()),
 	}, l.auditKey)
+	if err != nil {
+		return none, &writeError{err}
+	}
+	return m, nil
 }
 
 // filters is the query as the manifest records it: times resolved, so the

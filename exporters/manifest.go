@@ -1,9 +1,12 @@
 package exporters
 
 import (
+	"bufio"
 	"bytes"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -70,27 +73,32 @@ type Chain struct {
 
 // Summary gathers what a manifest says about the rows, as they are written,
 // so a streaming export can fill its manifest at the end. It holds one entry
-// per token, never the rows: the chain's two ends as 32-byte hashes, about
-// 150 bytes a token. The zero Summary is ready to use.
+// per token, never the rows: the chain's head as a 32-byte hash and its row
+// count, and its start only where the chain does not start in the file (a
+// full export's chains all start at TokenCreated). About 120 bytes a token.
+// The zero Summary is ready to use.
 type Summary struct {
 	rows        int64
 	first, last uint64
 	chains      map[string]chainEnds
+	// prevs holds the starts of chains that begin mid-history, by
+	// chainEnds.prev-1.
+	prevs [][32]byte
 	// text holds, as given, the chains of tokens whose rows carry hashes
 	// that are not 64 hex characters (the ledger writes none such).
 	text map[string]*Chain
 }
 
 type chainEnds struct {
-	prev, head [32]byte
-	hasPrev    bool // false: the chain starts at TokenCreated (prev_hash "")
-	rows       int64
+	head [32]byte
+	rows int64
+	prev int32 // 0: the chain starts at TokenCreated (prev_hash ""); else prevs[prev-1]
 }
 
-func (c chainEnds) chain(token string) Chain {
+func (s *Summary) chainOf(token string, c chainEnds) Chain {
 	ch := Chain{TokenID: token, Head: hex.EncodeToString(c.head[:]), Rows: c.rows}
-	if c.hasPrev {
-		ch.PrevHash = hex.EncodeToString(c.prev[:])
+	if c.prev > 0 {
+		ch.PrevHash = hex.EncodeToString(s.prevs[c.prev-1][:])
 	}
 	return ch
 }
@@ -122,15 +130,16 @@ func (s *Summary) Add(r Row) {
 	}
 	c, seen := s.chains[r.TokenID]
 	head, ok := parseHash(r.Hash)
+	var prev [32]byte
 	if !seen && r.PrevHash != "" {
 		var okPrev bool
-		c.prev, okPrev = parseHash(r.PrevHash)
-		c.hasPrev, ok = true, ok && okPrev
+		prev, okPrev = parseHash(r.PrevHash)
+		ok = ok && okPrev
 	}
 	if !ok {
 		t := &Chain{TokenID: r.TokenID, PrevHash: r.PrevHash, Head: r.Hash, Rows: 1}
 		if seen {
-			t.PrevHash, t.Rows = c.chain(r.TokenID).PrevHash, c.rows+1
+			t.PrevHash, t.Rows = s.chainOf(r.TokenID, c).PrevHash, c.rows+1
 			delete(s.chains, r.TokenID)
 		}
 		if s.text == nil {
@@ -138,6 +147,10 @@ func (s *Summary) Add(r Row) {
 		}
 		s.text[r.TokenID] = t
 		return
+	}
+	if !seen && r.PrevHash != "" {
+		s.prevs = append(s.prevs, prev)
+		c.prev = int32(len(s.prevs))
 	}
 	c.head = head
 	c.rows++
@@ -164,7 +177,7 @@ func (s *Summary) chain(token string) Chain {
 	if t := s.text[token]; t != nil {
 		return *t
 	}
-	return s.chains[token].chain(token)
+	return s.chainOf(token, s.chains[token])
 }
 
 // Chains returns each token's chain, sorted by token id.
@@ -177,26 +190,32 @@ func (s *Summary) Chains() []Chain {
 	return out
 }
 
-// appendChains appends each token's chain as Chain's JSON, sorted by token
-// id, one per line: the manifest's chains without a []Chain in between.
-func (s *Summary) appendChains(b []byte) []byte {
+// writeChains writes each token's chain as Chain's JSON, sorted by token id,
+// one per line: the manifest's chains without a []Chain or the whole list in
+// memory.
+func (s *Summary) writeChains(w io.Writer) error {
+	var line []byte
 	for i, t := range s.tokens() {
+		line = line[:0]
 		if i > 0 {
-			b = append(b, ',')
+			line = append(line, ',')
 		}
-		b = append(b, "\n      "...)
+		line = append(line, "\n      "...)
 		c := s.chain(t)
-		b = append(b, `{"token_id":`...)
-		b = appendJSONString(b, c.TokenID)
-		b = append(b, `,"prev_hash":`...)
-		b = appendJSONString(b, c.PrevHash)
-		b = append(b, `,"head":`...)
-		b = appendJSONString(b, c.Head)
-		b = append(b, `,"rows":`...)
-		b = strconv.AppendInt(b, c.Rows, 10)
-		b = append(b, '}')
+		line = append(line, `{"token_id":`...)
+		line = appendJSONString(line, c.TokenID)
+		line = append(line, `,"prev_hash":`...)
+		line = appendJSONString(line, c.PrevHash)
+		line = append(line, `,"head":`...)
+		line = appendJSONString(line, c.Head)
+		line = append(line, `,"rows":`...)
+		line = strconv.AppendInt(line, c.Rows, 10)
+		line = append(line, '}')
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
 	}
-	return b
+	return nil
 }
 
 // Fill sets m's row count, first and last sequence and chains.
@@ -262,17 +281,20 @@ func (e *Export) Manifest(m Manifest) (Manifest, error) {
 	return m, nil
 }
 
-// SignedManifest is Manifest then SignManifest, with the chains written
-// straight from the export's summary: an export over hundreds of thousands
-// of tokens never holds them as a []Chain.
-func (e *Export) SignedManifest(m Manifest, key ed25519.PrivateKey) ([]byte, error) {
+// WriteSignedManifest writes the manifest file of the finished export to w
+// as it makes it, with the chains straight from the export's summary: an
+// export over hundreds of thousands of tokens holds neither a []Chain nor
+// the file's tens of megabytes. It returns m as filled in and signed, without
+// the chains. Call it after Close.
+func (e *Export) WriteSignedManifest(w io.Writer, m Manifest, key ed25519.PrivateKey) (Manifest, error) {
 	if !e.closed {
-		return nil, errors.New("export manifest: the file is not finished (call Close first)")
+		return Manifest{}, errors.New("export manifest: the file is not finished (call Close first)")
 	}
 	m.Format = e.format
 	m.Rows, m.FirstSequence, m.LastSequence = e.summary.rows, e.summary.first, e.summary.last
 	m.SHA256 = hex.EncodeToString(e.sha.Sum(nil))
-	return signManifest(m, key, len(e.summary.chains)+len(e.summary.text), e.summary.appendChains)
+	m.Chains = nil
+	return m, writeSignedManifest(w, m, key, &e.summary)
 }
 
 // Errors of OpenManifest, for errors.Is.
@@ -290,16 +312,17 @@ type signedFile struct {
 	PublicKey string          `json:"public_key"`
 }
 
-// SignManifest returns the manifest file: m and its Ed25519 signature by key.
-// The file is indented for people to read; the signature covers the bytes of
-// the "signed" value exactly as they appear in it.
+// SignManifest returns the manifest file: m and its signature by key (see
+// writeSignedManifest).
 func SignManifest(m Manifest, key ed25519.PrivateKey) ([]byte, error) {
 	var sum Summary
 	for _, c := range m.Chains {
 		sum.text = mapWith(sum.text, c)
 	}
 	m.Chains = nil
-	return signManifest(m, key, len(sum.text), sum.appendChains)
+	var b bytes.Buffer
+	err := writeSignedManifest(&b, m, key, &sum)
+	return b.Bytes(), err
 }
 
 func mapWith(m map[string]*Chain, c Chain) map[string]*Chain {
@@ -310,41 +333,54 @@ func mapWith(m map[string]*Chain, c Chain) map[string]*Chain {
 	return m
 }
 
-// signManifest writes the manifest file in one buffer, sized up front, with
-// one chain per line (an export of a million events may hold two hundred
-// thousand), and signs the "signed" value in place.
-func signManifest(m Manifest, key ed25519.PrivateKey, chains int, appendChains func([]byte) []byte) ([]byte, error) {
+// signatureOptions: manifests are signed with Ed25519ph (RFC 8032's
+// pre-hashed Ed25519, over the SHA-512 of the signed bytes) rather than pure
+// Ed25519, which reads its message twice and so would need the whole
+// manifest (one line per token, tens of megabytes for a large export) in
+// memory. Prehashing lets it be signed as it is written.
+var signatureOptions = &ed25519.Options{Hash: crypto.SHA512}
+
+// writeSignedManifest writes the manifest file, m with chains' chains, to w:
+// indented for people to read, one chain per line, and the "signed" value
+// signed as it passes, over its exact bytes in the file.
+func writeSignedManifest(w io.Writer, m Manifest, key ed25519.PrivateKey, chains *Summary) error {
 	if len(key) != ed25519.PrivateKeySize {
-		return nil, errors.New("sign manifest: not an Ed25519 private key")
+		return errors.New("sign manifest: not an Ed25519 private key")
 	}
 	m.Chains = nil
 	head, err := json.MarshalIndent(m, "  ", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("sign manifest: %w", err)
+		return fmt.Errorf("sign manifest: %w", err)
 	}
 	const chainsKey = `"chains": null`
 	at := bytes.Index(head, []byte(chainsKey))
 	if at < 0 {
-		return nil, errors.New("sign manifest: no chains field") // the struct has one: cannot happen
+		return errors.New("sign manifest: no chains field") // the struct has one: cannot happen
 	}
-	b := make([]byte, 0, len(head)+chains*200+256)
-	b = append(b, "{\n  \"signed\": "...)
-	start := len(b)
-	b = append(b, head[:at]...)
-	b = append(b, `"chains": [`...)
-	b = appendChains(b)
-	if chains > 0 {
-		b = append(b, "\n    "...)
+	out := bufio.NewWriterSize(w, 64<<10)
+	digest := sha512.New()
+	signed := io.MultiWriter(out, digest)
+	out.WriteString("{\n  \"signed\": ")
+	signed.Write(head[:at])
+	io.WriteString(signed, `"chains": [`)
+	if err := chains.writeChains(signed); err != nil {
+		return err
 	}
-	b = append(b, ']')
-	b = append(b, head[at+len(chainsKey):]...)
-	sig := ed25519.Sign(key, b[start:])
-	b = append(b, ",\n  \"signature\": "...)
-	b = append(b, mustJSON(base64.StdEncoding.EncodeToString(sig))...)
-	b = append(b, ",\n  \"public_key\": "...)
-	b = append(b, mustJSON(FormatPublicKey(key.Public().(ed25519.PublicKey)))...)
-	b = append(b, "\n}\n"...)
-	return b, nil
+	if len(chains.chains)+len(chains.text) > 0 {
+		io.WriteString(signed, "\n    ")
+	}
+	io.WriteString(signed, "]")
+	signed.Write(head[at+len(chainsKey):])
+	sig, err := key.Sign(nil, digest.Sum(nil), signatureOptions)
+	if err != nil {
+		return fmt.Errorf("sign manifest: %w", err)
+	}
+	out.WriteString(",\n  \"signature\": ")
+	out.Write(mustJSON(base64.StdEncoding.EncodeToString(sig)))
+	out.WriteString(",\n  \"public_key\": ")
+	out.Write(mustJSON(FormatPublicKey(key.Public().(ed25519.PublicKey))))
+	out.WriteString("\n}\n")
+	return out.Flush() // bufio keeps the first write error and returns it here
 }
 
 func mustJSON(s string) []byte {
@@ -394,7 +430,8 @@ func checkSignature(sf signedFile, m Manifest, trusted ed25519.PublicKey) error 
 		return fmt.Errorf("%w: manifest is signed by key %s, not the trusted key %s", ErrUntrustedKey, KeyID(pub), KeyID(trusted))
 	}
 	sig, err := base64.StdEncoding.DecodeString(sf.Signature)
-	if err != nil || !ed25519.Verify(trusted, sf.Signed, sig) {
+	digest := sha512.Sum512(sf.Signed)
+	if err != nil || ed25519.VerifyWithOptions(trusted, digest[:], sig, signatureOptions) != nil {
 		return fmt.Errorf("%w: the signed manifest was changed after signing, or the signature is damaged", ErrBadSignature)
 	}
 	if m.KeyID != "" && m.KeyID != KeyID(trusted) {

@@ -2,13 +2,18 @@ package exporters
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/sha512"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestVerifyAcceptsExport(t *testing.T) {
@@ -449,5 +454,79 @@ func TestVerifyCapsFindings(t *testing.T) {
 	}
 	if _, ok := findingWith(rep, fmt.Sprintf("and %d more rows whose content does not match their hash", len(rows)-maxListed)); !ok {
 		t.Errorf("no count of the findings not listed:\n%s", strings.Join(messages(rep)[len(rep.Findings)-5:], "\n"))
+	}
+}
+
+// TestWriteSignedManifestStreams: the manifest an export writes as it makes
+// it is, byte for byte, the manifest SignManifest makes of the same facts,
+// and reaches its writer in pieces no larger than its buffer: a manifest
+// of many tokens is never held whole.
+func TestWriteSignedManifestStreams(t *testing.T) {
+	key := newKey(t)
+	rows := makeHistory(t, 3000, 9000, 23).rows()
+	ex, err := NewExport(FormatJSONL, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if err := ex.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ex.Close(); err != nil {
+		t.Fatal(err)
+	}
+	facts := Manifest{OrganizationID: "org-main", StreamSequence: 9100, CreatedAt: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC), KeyID: KeyID(pub(key))}
+	var pieces piecewise
+	got, err := ex.WriteSignedManifest(&pieces, facts, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := ex.Manifest(facts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := SignManifest(whole, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(pieces.Bytes(), want) {
+		t.Fatalf("streamed manifest (%d bytes) differs from SignManifest's (%d bytes)", pieces.Len(), len(want))
+	}
+	if pieces.largest > 64<<10 || pieces.writes < 2 {
+		t.Errorf("manifest of %d bytes written in %d pieces, largest %d: want pieces of at most 64 KiB", pieces.Len(), pieces.writes, pieces.largest)
+	}
+	if got.Rows != int64(len(rows)) || got.SHA256 != whole.SHA256 || got.Chains != nil {
+		t.Errorf("returned manifest: rows %d, sha %s, %d chains", got.Rows, got.SHA256, len(got.Chains))
+	}
+	if _, err := OpenManifest(want, pub(key)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type piecewise struct {
+	bytes.Buffer
+	writes, largest int
+}
+
+func (p *piecewise) Write(b []byte) (int, error) {
+	p.writes++
+	p.largest = max(p.largest, len(b))
+	return p.Buffer.Write(b)
+}
+
+// TestManifestSignatureIsEd25519ph: manifests are signed with the
+// prehashed Ed25519 of RFC 8032, which any implementation of it checks:
+// the options used reproduce the RFC's own test vector (section 7.3).
+func TestManifestSignatureIsEd25519ph(t *testing.T) {
+	seed, _ := hex.DecodeString("833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42")
+	want, _ := hex.DecodeString("98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae4131f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406")
+	digest := sha512.Sum512([]byte("abc"))
+	sig, err := ed25519.NewKeyFromSeed(seed).Sign(nil, digest[:], signatureOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sig, want) {
+		t.Errorf("signature %x, RFC 8032 says %x", sig, want)
 	}
 }

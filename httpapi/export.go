@@ -28,8 +28,10 @@ import (
 //   - framed, when the request accepts ExportFramesType: the body is a
 //     sequence of frames, each a kind byte, a big-endian uint32 length and
 //     that many bytes: 'D' file bytes, 'P' progress (JSON {"rows","estimate"}),
-//     'M' the signed manifest (the last frame of a good export), 'E' a
-//     problem+json document (the last frame of a failed one). The CLI uses
+//     'M' a piece of the signed manifest, sent as it is made (the pieces
+//     joined are the manifest file; an empty 'M' frame ends it and is the
+//     last frame of a good export), 'E' a problem+json document (the last
+//     frame of a failed one). The CLI uses
 //     it to show progress and to learn the manifest without trailers, which
 //     proxies may drop.
 const ExportFramesType = "application/vnd.tokenledger.export-frames"
@@ -41,11 +43,11 @@ const (
 	frameError    = 'E'
 )
 
-// maxFrame bounds a frame a client will accept; a manifest, which lists
-// every token the export holds, may be larger (maxManifestFrame).
+// maxFrame bounds a frame a client will accept, and maxManifest the whole
+// manifest, which lists every token the export holds.
 const (
-	maxFrame         = 16 << 20
-	maxManifestFrame = 1 << 30
+	maxFrame    = 16 << 20
+	maxManifest = 1 << 30
 )
 
 var exportParams = map[string]bool{"format": true, "since": true, "until": true, "type": true, "token": true,
@@ -100,7 +102,11 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 			}
 		}
 	}
-	manifest, err := s.ledger.Export(r.Context(), c, q, out, progress)
+	to := app.ExportOutput{File: out, Progress: progress}
+	if framed {
+		to.Manifest = frameWriter{out, frameManifest}
+	}
+	m, err := s.ledger.Export(r.Context(), c, q, to)
 	if err != nil {
 		if !out.started {
 			return err // nothing sent yet: an ordinary error answer
@@ -124,17 +130,25 @@ func (s *Server) auditExport(w http.ResponseWriter, r *http.Request, c app.Calle
 	}
 	out.begin()
 	if framed {
-		out.frame(frameManifest, manifest)
+		out.frame(frameManifest, nil)
 		return nil
 	}
-	var signed struct {
-		Signed struct {
-			SHA256 string `json:"sha256"`
-		} `json:"signed"`
-	}
-	_ = json.Unmarshal(manifest, &signed) // ours: it reads
-	w.Header().Set("Ledger-Export-SHA256", signed.Signed.SHA256)
+	w.Header().Set("Ledger-Export-SHA256", m.SHA256)
 	return nil
+}
+
+// frameWriter sends what is written to it as frames of one kind.
+type frameWriter struct {
+	o    *exportResponse
+	kind byte
+}
+
+func (f frameWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil // an empty frame means "the end"
+	}
+	f.o.frame(f.kind, p)
+	return len(p), f.o.err
 }
 
 // exportResponse sends an export's bytes, framed or not, and starts the
@@ -227,22 +241,18 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 	}
 	rd := bufio.NewReaderSize(resp.Body, 64<<10)
 	buf := make([]byte, 0, 64<<10)
+	var manifest []byte
 	for {
 		var head [5]byte
 		if _, err := io.ReadFull(rd, head[:]); err != nil {
 			return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export broke off before its manifest: %w", err)}
 		}
 		n := binary.BigEndian.Uint32(head[1:])
-		if n > maxFrame && (head[0] != frameManifest || n > maxManifestFrame) {
+		if n > maxFrame || (head[0] == frameManifest && len(manifest)+int(n) > maxManifest) {
 			return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export frame of %d bytes: not a ledger's answer", n)}
 		}
-		if head[0] == frameManifest {
-			// Read as it arrives, not allocated from the header's word.
-			m, err := io.ReadAll(io.LimitReader(rd, int64(n)))
-			if err != nil || len(m) != int(n) {
-				return nil, &UnreachableError{URL: c.BaseURL, Err: fmt.Errorf("export broke off in its manifest: %v", err)}
-			}
-			return m, nil
+		if head[0] == frameManifest && n == 0 {
+			return manifest, nil
 		}
 		if uint32(cap(buf)) < n {
 			buf = make([]byte, n)
@@ -253,9 +263,14 @@ func (c *Client) Export(ctx context.Context, q url.Values, data func([]byte) err
 		}
 		switch head[0] {
 		case frameData:
+			if manifest != nil {
+				return nil, &UnreachableError{URL: c.BaseURL, Err: errors.New("export data after its manifest: not a ledger's answer")}
+			}
 			if err := data(buf); err != nil {
 				return nil, err
 			}
+		case frameManifest:
+			manifest = append(manifest, buf...)
 		case frameProgress:
 			var p ExportProgress
 			if json.Unmarshal(buf, &p) == nil && progress != nil {

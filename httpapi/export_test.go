@@ -202,6 +202,8 @@ func readmeChainHash(row map[string]any) string {
 
 // An export takes as long as it takes: the server's write timeout, meant for
 // ordinary answers, does not cut it off.
+// TestAnExportOutlastsTheServersWriteTimeout also carries a manifest of
+// megabytes, sent in many frames.
 func TestAnExportOutlastsTheServersWriteTimeout(t *testing.T) {
 	h := newHarness(t)
 	// Enough history (about 6 MB of JSON Lines) that the server is still
@@ -231,6 +233,12 @@ func TestAnExportOutlastsTheServersWriteTimeout(t *testing.T) {
 	}, nil)
 	if err != nil || len(manifest) == 0 {
 		t.Fatalf("a slow export broke off: %v", err)
+	}
+	// The manifest (8,000 chains) came in many pieces, as the server made
+	// it: joined, they are the whole signed manifest.
+	m, err := exporters.OpenManifest(manifest, h.key.Public().(ed25519.PublicKey))
+	if err != nil || len(manifest) < 1<<20 || m.Rows != int64(h.lastSeq()) || len(m.Chains) < 8000 {
+		t.Fatalf("manifest of %d bytes: %d rows of %d, %d chains (%v)", len(manifest), m.Rows, h.lastSeq(), len(m.Chains), err)
 	}
 }
 
