@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/exporters"
 )
@@ -68,7 +69,7 @@ type ExportOutput struct {
 // organization owner may export.
 func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, to ExportOutput) (exporters.Manifest, error) {
 	var none exporters.Manifest
-	if err := authorize(c); err != nil {
+	if err := domain.Authorize(c.Token, domain.OpExport, nil, nil); err != nil {
 		return none, err
 	}
 	if l.auditKey == nil {

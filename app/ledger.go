@@ -32,10 +32,9 @@ var ErrUnauthenticated = errors.New("unauthenticated: missing, malformed, unknow
 var ErrUnavailable = errors.New("event store unavailable")
 
 // ForbiddenError says which permission rule denied a request, and on which
-// field of the request (the caller's token is "Authorization").
-type ForbiddenError struct{ Field, Rule string }
-
-func (e *ForbiddenError) Error() string { return "forbidden: " + e.Field + ": " + e.Rule }
+// field of the request (the caller's token is "Authorization"). The rules are
+// the domain's (domain.Authorize).
+type ForbiddenError = domain.ForbiddenError
 
 // Ledger runs commands and queries.
 type Ledger struct {
@@ -96,13 +95,14 @@ func (l *Ledger) Authenticate(secret string) (*domain.Token, error) {
 	return v.Token(), nil
 }
 
-// authorize applies the permission rule of this release: an organization owner
-// may do everything in its own organization and nothing elsewhere.
-func authorize(c Caller) error {
-	if c.Token.Role() != domain.RoleOrganizationOwner {
-		return &ForbiddenError{Field: "Authorization", Rule: fmt.Sprintf("role %s may not manage tokens; %s required", c.Token.Role(), domain.RoleOrganizationOwner)}
-	}
-	return nil
+// operations names the operation each command is, for domain.Authorize.
+var operations = map[domain.EventType]domain.Operation{
+	domain.TokenCreated:    domain.OpCreate,
+	domain.TokenUpdated:    domain.OpUpdate,
+	domain.TokenRotated:    domain.OpRotate,
+	domain.TokenAssigned:   domain.OpAssign,
+	domain.TokenUnassigned: domain.OpUnassign,
+	domain.TokenDeleted:    domain.OpDelete,
 }
 
 // Result is what a command did.
@@ -270,7 +270,7 @@ func (l *Ledger) env(c Caller, key string, request any) domain.Env {
 
 // CreateToken creates a token in the caller's organization.
 func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateToken, idempotencyKey string) (Result, error) {
-	if err := authorize(c); err != nil {
+	if err := domain.CanChangeAny(c.Token); err != nil {
 		return Result{}, err
 	}
 	if cmd.OrganizationID == "" {
@@ -289,7 +289,29 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if err != nil {
 		return Result{}, err
 	}
+	if err := domain.Authorize(c.Token, domain.OpCreate, nil, tok); err != nil {
+		return Result{}, err
+	}
+	if err := l.oneWorkspacePerDeployment(tok); err != nil {
+		return Result{}, err
+	}
 	return l.append(ctx, c, e, tok, 0, secret)
+}
+
+// oneWorkspacePerDeployment refuses a deployment token that names another
+// workspace than the deployment's other tokens do: the ledger knows a
+// deployment only by its tokens, and without this a workspace's operator
+// could mint a token for another workspace's deployment by naming it.
+func (l *Ledger) oneWorkspacePerDeployment(t *domain.Token) error {
+	if t.Scope() != domain.ScopeDeployment {
+		return nil
+	}
+	for _, h := range l.view.InDeployment(t.OrganizationID(), t.DeploymentID(), l.now()) {
+		if ws := h.Token.WorkspaceID(); ws != t.WorkspaceID() {
+			return &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s is in workspace %s (its tokens say so), not %s", t.DeploymentID(), ws, t.WorkspaceID())}
+		}
+	}
+	return nil
 }
 
 // UpdateToken changes a token's name, description or role.
@@ -339,19 +361,25 @@ type decision func(t *domain.Token, env domain.Env) (e domain.Event, s domain.Se
 // decision: the token has moved on since the first attempt (a retried delete
 // would find it deleted), and the answer must be the first attempt's.
 func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ domain.EventType, params any, decide decision) (Result, error) {
-	if err := authorize(c); err != nil {
+	op := operations[typ]
+	if err := domain.CanChangeAny(c.Token); err != nil {
 		return Result{}, err
 	}
 	if err := checkKey(key); err != nil {
 		return Result{}, err
 	}
-	env := l.env(c, key, keyedRequest{Type: typ, TokenID: id, Params: params})
-	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
-		return res, err
-	}
+	// The token's place decides who may touch it: judged before anything
+	// else is said about it, a retry's answer included.
 	tok, last, err := l.get(c, id)
 	if err != nil {
 		return Result{}, err
+	}
+	if err := domain.Authorize(c.Token, op, tok, nil); err != nil {
+		return Result{}, err
+	}
+	env := l.env(c, key, keyedRequest{Type: typ, TokenID: id, Params: params})
+	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
+		return res, err
 	}
 	// The domain applies its event to the token it decides on: next becomes
 	// the state after the command, tok stays the state before.
@@ -359,6 +387,9 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 	e, secret, changed, err := decide(next, env)
 	if err != nil {
 		return Result{}, fmt.Errorf("token %s: %w", id, err)
+	}
+	if err := domain.Authorize(c.Token, op, tok, next); err != nil {
+		return Result{}, err // a role above the caller's own
 	}
 	if !changed {
 		return Result{Token: tok, Sequence: last}, nil
@@ -493,7 +524,12 @@ func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a project
 	if err := l.waitFor(ctx, a.Sequence); err != nil {
 		return Result{}, err
 	}
-	tok, _, _ := l.view.Get(c.org(), a.TokenID)
+	tok, _, ok := l.view.Get(c.org(), a.TokenID)
+	if ok && !domain.CanRead(c.Token, tok) {
+		// Keys are the organization's: another caller's key must not show
+		// a token this one cannot see.
+		return Result{}, domain.Invalid("idempotency_key", "already used for another command")
+	}
 	return Result{Token: tok, Sequence: a.Sequence, Replayed: true}, nil
 }
 
@@ -536,15 +572,13 @@ func clip(s string) string {
 	return s
 }
 
-// Verify says whether a secret is active now and, if it belongs to the
-// caller's organization, which token it is. A secret of another organization
-// is answered as unknown.
+// Verify says whether a secret is active now and, if the caller may read its
+// token, which token it is. Any token may ask; a secret whose token the
+// caller may not read (another organization's, another workspace's) is
+// answered as unknown, so verify tells nobody what they could not look up.
 func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projections.Verdict, error) {
-	if err := authorize(c); err != nil {
-		return projections.Verdict{}, err
-	}
 	v := l.view.Verify(secret, l.now())
-	if t := v.Token(); t != nil && t.OrganizationID() != c.org() {
+	if t := v.Token(); t != nil && !domain.CanRead(c.Token, t) {
 		return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
 	}
 	return v, nil

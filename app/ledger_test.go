@@ -30,11 +30,11 @@ func (c *clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newLedger(t *testing.T, clk *clock) (*app.Ledger, *eventstore.Store, app.Caller) {
+func newLedger(t *testing.T, clk *clock, opts ...app.Option) (*app.Ledger, *eventstore.Store, app.Caller) {
 	t.Helper()
 	store, _, _ := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
-	l := app.New(store, view, app.WithClock(clk.Now))
+	l := app.New(store, view, append([]app.Option{app.WithClock(clk.Now)}, opts...)...)
 	t.Cleanup(app.Feed(store, view, nil))
 	owner, _, err := l.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || owner == nil {

@@ -15,13 +15,22 @@ import (
 // sequence of its last event. minSeq, when set, makes the read wait until the
 // view has reached it.
 func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint64) (*domain.Token, uint64, error) {
-	if err := authorize(c); err != nil {
-		return nil, 0, err
-	}
 	if err := l.waitForRead(ctx, minSeq); err != nil {
 		return nil, 0, err
 	}
-	return l.get(c, id)
+	return l.getReadable(c, id)
+}
+
+// getReadable is get, for a caller allowed to read the token.
+func (l *Ledger) getReadable(c Caller, id string) (*domain.Token, uint64, error) {
+	tok, last, err := l.get(c, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := domain.Authorize(c.Token, domain.OpRead, tok, nil); err != nil {
+		return nil, 0, err
+	}
+	return tok, last, nil
 }
 
 // ListTokens returns the caller's organization's tokens, oldest first, and the
@@ -143,9 +152,6 @@ func roleInWorkspace(t *domain.Token, ws string) (domain.Role, bool) {
 // sequence the list reflects (at least). A bad filter value is a
 // ValidationError naming its field.
 func (l *Ledger) FindTokens(ctx context.Context, c Caller, f TokenFilter, minSeq uint64) ([]projections.Listed, uint64, error) {
-	if err := authorize(c); err != nil {
-		return nil, 0, err
-	}
 	m, err := f.check()
 	if err != nil {
 		return nil, 0, err
@@ -155,13 +161,10 @@ func (l *Ledger) FindTokens(ctx context.Context, c Caller, f TokenFilter, minSeq
 	}
 	seq := l.view.Sequence()
 	all := l.view.List(c.org())
-	if m == (tokenMatch{}) {
-		return all, seq, nil
-	}
 	now := l.now()
 	out := all[:0]
 	for _, t := range all {
-		if m.matches(t.Token, now) {
+		if domain.CanRead(c.Token, t.Token) && m.matches(t.Token, now) {
 			out = append(out, t)
 		}
 	}
@@ -174,9 +177,6 @@ func (l *Ledger) FindTokens(ctx context.Context, c Caller, f TokenFilter, minSeq
 // stream sequence the answer reflects (at least). See
 // projections.Tokens.InWorkspace and InDeployment.
 func (l *Ledger) Holdings(ctx context.Context, c Caller, workspaceID, deploymentID *string, minSeq uint64) ([]projections.Holding, uint64, error) {
-	if err := authorize(c); err != nil {
-		return nil, 0, err
-	}
 	var problems []domain.FieldError
 	if (workspaceID == nil) == (deploymentID == nil) {
 		const rule = "give exactly one of workspace_id and deployment_id"
@@ -195,17 +195,26 @@ func (l *Ledger) Holdings(ctx context.Context, c Caller, workspaceID, deployment
 		return nil, 0, err
 	}
 	seq := l.view.Sequence()
+	var all []projections.Holding
 	if workspaceID != nil {
-		return l.view.InWorkspace(c.org(), *workspaceID, l.now()), seq, nil
+		all = l.view.InWorkspace(c.org(), *workspaceID, l.now())
+	} else {
+		all = l.view.InDeployment(c.org(), *deploymentID, l.now())
 	}
-	return l.view.InDeployment(c.org(), *deploymentID, l.now()), seq, nil
+	out := all[:0]
+	for _, h := range all {
+		if domain.CanRead(c.Token, h.Token) {
+			out = append(out, h)
+		}
+	}
+	return out, seq, nil
 }
 
 // TokenHistory returns a token's events as stored, oldest first. It reads the
 // stream, not the view, so it is complete the moment a command has answered.
 // Events carry the secret's hash: adapters must not show it.
 func (l *Ledger) TokenHistory(ctx context.Context, c Caller, id string) ([]eventstore.Recorded, error) {
-	if err := authorize(c); err != nil {
+	if err := l.mayReadHistory(c, id); err != nil {
 		return nil, err
 	}
 	return l.history(ctx, c, id)
@@ -216,7 +225,7 @@ func (l *Ledger) TokenHistory(ctx context.Context, c Caller, id string) ([]event
 // them. Events are taken in stream order until the first one after at. A
 // token created after at is a NotFoundError on field "at".
 func (l *Ledger) TokenAt(ctx context.Context, c Caller, id string, at time.Time) (*domain.Token, uint64, error) {
-	if err := authorize(c); err != nil {
+	if err := l.mayReadHistory(c, id); err != nil {
 		return nil, 0, err
 	}
 	recs, err := l.history(ctx, c, id)
@@ -239,6 +248,20 @@ func (l *Ledger) TokenAt(ctx context.Context, c Caller, id string, at time.Time)
 		return nil, 0, fmt.Errorf("token %s at %s: %w", id, at.Format(time.RFC3339Nano), err)
 	}
 	return tok, recs[len(events)-1].Sequence, nil
+}
+
+// mayReadHistory refuses a caller who may not read token id as the view
+// knows it. A token the view does not know yet (just created, the view
+// behind) is left to history, which reads the stream: reading it is then
+// allowed only to those who read every token of the organization.
+func (l *Ledger) mayReadHistory(c Caller, id string) error {
+	if tok, _, ok := l.view.Get(c.org(), id); ok {
+		return domain.Authorize(c.Token, domain.OpRead, tok, nil)
+	}
+	if c.Token.Scope() != domain.ScopeOrganization {
+		return &domain.NotFoundError{Field: "token_id", Rule: fmt.Sprintf("no token %q in organization %s", clip(id), c.org())}
+	}
+	return nil
 }
 
 // history loads a token of the caller's organization from the stream.
