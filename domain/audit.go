@@ -44,7 +44,8 @@ type Record struct {
 	SourceIP     string
 	UserAgent    string
 	RequestID    string
-	// Fingerprint is the new secret's, for TokenCreated and TokenRotated.
+	// Fingerprint is the new secret's, for TokenCreated and TokenRotated;
+	// the presented old secret's, for TokenReuseDetected.
 	Fingerprint string
 	// Details holds the event's other fields as a JSON object, always with
 	// "version".
@@ -94,6 +95,8 @@ func (e Event) Record() Record {
 		r.WorkspaceID, r.Role, r.PreviousRole = data.WorkspaceID, data.Role, data.PreviousRole
 	case UnassignedData:
 		r.WorkspaceID, r.PreviousRole = data.WorkspaceID, data.PreviousRole
+	case ReuseDetectedData:
+		r.Fingerprint = data.Fingerprint
 	}
 	r.Details = string(d.appendJSON(make([]byte, 0, 128)))
 	return r

@@ -17,10 +17,16 @@ const (
 	TokenAssigned   EventType = "TokenAssigned"
 	TokenUnassigned EventType = "TokenUnassigned"
 	TokenDeleted    EventType = "TokenDeleted"
+	// TokenReuseDetected is not a command's: the ledger records it when a
+	// secret the token had before a rotation is presented again, which may
+	// mean the old secret leaked.
+	TokenReuseDetected EventType = "TokenReuseDetected"
 )
 
-// EventTypes lists every event type, in the order a token's life meets them.
-var EventTypes = []EventType{TokenCreated, TokenUpdated, TokenRotated, TokenAssigned, TokenUnassigned, TokenDeleted}
+// EventTypes lists every event type, in the order a token's life meets them
+// (a reuse can be noticed at any point after a rotation, even after a
+// deletion).
+var EventTypes = []EventType{TokenCreated, TokenUpdated, TokenRotated, TokenAssigned, TokenUnassigned, TokenDeleted, TokenReuseDetected}
 
 // Actor records who caused an event and through which request.
 type Actor struct {
@@ -31,7 +37,7 @@ type Actor struct {
 }
 
 // SystemActor is the actor of events the ledger writes on its own (the
-// bootstrap token).
+// bootstrap token, a detected reuse).
 const SystemActor = "system"
 
 // Event is one fact in a token's history. Data holds the type-specific fields
@@ -120,12 +126,22 @@ type UnassignedData struct {
 // DeletedData: the token is gone for good; its history stays.
 type DeletedData struct{}
 
-func (CreatedData) eventType() EventType    { return TokenCreated }
-func (UpdatedData) eventType() EventType    { return TokenUpdated }
-func (RotatedData) eventType() EventType    { return TokenRotated }
-func (AssignedData) eventType() EventType   { return TokenAssigned }
-func (UnassignedData) eventType() EventType { return TokenUnassigned }
-func (DeletedData) eventType() EventType    { return TokenDeleted }
+// ReuseDetectedData: a secret the token had before a rotation was presented
+// again and refused. Fingerprint is that secret's (the previous_fingerprint
+// of the rotation that retired it), never the secret or its hash: the event
+// says which old secret is out there without handing it to every reader of
+// the stream. The request it came in is the event's actor.
+type ReuseDetectedData struct {
+	Fingerprint string `json:"fingerprint"`
+}
+
+func (CreatedData) eventType() EventType       { return TokenCreated }
+func (UpdatedData) eventType() EventType       { return TokenUpdated }
+func (RotatedData) eventType() EventType       { return TokenRotated }
+func (AssignedData) eventType() EventType      { return TokenAssigned }
+func (UnassignedData) eventType() EventType    { return TokenUnassigned }
+func (DeletedData) eventType() EventType       { return TokenDeleted }
+func (ReuseDetectedData) eventType() EventType { return TokenReuseDetected }
 
 // UnmarshalJSON decodes Data into the type named by event_type.
 func (e *Event) UnmarshalJSON(b []byte) error {
@@ -152,6 +168,8 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		data = &UnassignedData{}
 	case TokenDeleted:
 		data = &DeletedData{}
+	case TokenReuseDetected:
+		data = &ReuseDetectedData{}
 	default:
 		return fmt.Errorf("decode event: unknown event_type %q", e.Type)
 	}
@@ -179,6 +197,8 @@ func derefData(d EventData) EventData {
 	case *UnassignedData:
 		return *v
 	case *DeletedData:
+		return *v
+	case *ReuseDetectedData:
 		return *v
 	}
 	return d

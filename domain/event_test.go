@@ -66,6 +66,12 @@ func eventsOfEveryType(t *testing.T, now time.Time) map[string]domain.Event {
 		t.Fatal(err)
 	}
 	out["deleted"] = e
+	// A reuse is recorded on a deleted token too: it is not a command.
+	e, err = tok.RecordReuse("0123456789abcdef", env(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["reuse detected after delete"] = e
 
 	dep, e, _, err := domain.Create(depCmd(), env(8))
 	if err != nil {
@@ -77,6 +83,11 @@ func eventsOfEveryType(t *testing.T, now time.Time) map[string]domain.Event {
 		t.Fatal(err)
 	}
 	out["rotated never expiring"] = e
+	e, err = dep.RecordReuse("fedcba9876543210", env(11))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["reuse detected"] = e
 	return out
 }
 
@@ -137,6 +148,8 @@ func TestEventJSONFieldNames(t *testing.T) {
 		{"assigned role change", domain.TokenAssigned, []string{"workspace_id", "role", "previous_role"}},
 		{"unassigned", domain.TokenUnassigned, []string{"workspace_id", "previous_role"}},
 		{"deleted", domain.TokenDeleted, nil},
+		{"reuse detected", domain.TokenReuseDetected, []string{"fingerprint"}},
+		{"reuse detected after delete", domain.TokenReuseDetected, []string{"fingerprint"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.event, func(t *testing.T) {
@@ -259,6 +272,8 @@ func TestEventJSONDecodesDataByType(t *testing.T) {
 			domain.RotatedData{SecretHash: domain.Hash("x"), Fingerprint: "f"}},
 		{"updated role", `{"event_type":"TokenUpdated","data":{"role":"WORKSPACE_AUTHOR","previous_role":"WORKSPACE_MEMBER"}}`,
 			domain.UpdatedData{Role: domain.RoleWorkspaceAuthor, PreviousRole: domain.RoleWorkspaceMember}},
+		{"reuse detected", `{"event_type":"TokenReuseDetected","data":{"fingerprint":"0123456789abcdef"}}`,
+			domain.ReuseDetectedData{Fingerprint: "0123456789abcdef"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,7 +290,7 @@ func TestEventJSONDecodesDataByType(t *testing.T) {
 
 func TestEventTypes(t *testing.T) {
 	// The names are part of the stored record: they must never change.
-	want := []string{"TokenCreated", "TokenUpdated", "TokenRotated", "TokenAssigned", "TokenUnassigned", "TokenDeleted"}
+	want := []string{"TokenCreated", "TokenUpdated", "TokenRotated", "TokenAssigned", "TokenUnassigned", "TokenDeleted", "TokenReuseDetected"}
 	if len(domain.EventTypes) != len(want) {
 		t.Fatalf("EventTypes = %v, want %v", domain.EventTypes, want)
 	}

@@ -74,6 +74,11 @@ type Token struct {
 	// chainHead is the Hash of the token's last event: the next event's
 	// PrevHash.
 	chainHead EventHash
+	// lastUsed is when the token last authenticated a request, in Unix
+	// seconds (0: not known). No event records it, so Apply never sets it:
+	// the token view keeps it beside the token and stamps it on the copies
+	// it hands out (see SetLastUsedAt).
+	lastUsed int64
 }
 
 func (t *Token) ID() string             { return t.id }
@@ -94,6 +99,26 @@ func (t *Token) Version() uint64        { return t.version }
 func (t *Token) SecretHash() SecretHash { return t.secretHash }
 func (t *Token) Fingerprint() string    { return t.fingerprint }
 func (t *Token) Deleted() bool          { return !t.deletedAt.IsZero() }
+
+// LastUsedAt is when the token last authenticated a request, to the second;
+// zero when that is not known.
+func (t *Token) LastUsedAt() time.Time {
+	if t.lastUsed == 0 {
+		return time.Time{}
+	}
+	return time.Unix(t.lastUsed, 0).UTC()
+}
+
+// SetLastUsedAt stamps a copy of a token with when it was last used (zero:
+// not known). It is for the token view, which tracks uses outside the
+// token's history; it changes nothing a command or an event depends on.
+func (t *Token) SetLastUsedAt(at time.Time) {
+	if at.IsZero() {
+		t.lastUsed = 0
+		return
+	}
+	t.lastUsed = at.Unix()
+}
 func (t *Token) WorkspaceRoles() map[string]Role {
 	if len(t.workspaceRoles) == 0 {
 		return nil
@@ -400,6 +425,18 @@ func (t *Token) Delete(env Env) (Event, error) {
 	return t.record(env, DeletedData{})
 }
 
+// RecordReuse records TokenReuseDetected: a secret the token had before a
+// rotation, whose fingerprint is given, was presented again and refused. It
+// is not a command but a report of what the ledger saw, so it is recorded
+// for a deleted token too; it changes nothing but the token's version and
+// hash chain. env.Actor is the request the secret came in.
+func (t *Token) RecordReuse(fingerprint string, env Env) (Event, error) {
+	if fingerprint == "" {
+		return Event{}, Invalid("fingerprint", "required: the fingerprint of the secret that was presented")
+	}
+	return t.record(env, ReuseDetectedData{Fingerprint: fingerprint})
+}
+
 func (t *Token) checkLive() error {
 	if t.Deleted() {
 		return ErrDeleted
@@ -531,11 +568,17 @@ func (t *Token) Apply(e Event) error {
 		}
 	case DeletedData:
 		t.deletedAt = e.OccurredAt
+	case ReuseDetectedData:
+		// A report about the token, not a change to it (see below).
 	default:
 		return fmt.Errorf("apply: unknown event data %T", e.Data)
 	}
 	t.version = e.Version
-	t.updatedAt = e.OccurredAt
+	if _, report := e.Data.(ReuseDetectedData); !report {
+		// updated_at says when the token last changed; someone trying an old
+		// secret changes nothing about it.
+		t.updatedAt = e.OccurredAt
+	}
 	t.chainHead = e.Hash
 	return nil
 }

@@ -154,6 +154,11 @@ func canonical(b []byte, seen map[string]string) (domain.Event, bool) {
 		e.Data = d
 	case domain.TokenDeleted:
 		e.Data = domain.DeletedData{}
+	case domain.TokenReuseDetected:
+		var d domain.ReuseDetectedData
+		s.lit(`"fingerprint":`)
+		d.Fingerprint = s.str()
+		e.Data = d
 	default:
 		return domain.Event{}, false
 	}

@@ -58,8 +58,21 @@ func sampleEvents(t testing.TB, n int) []domain.Event {
 				out = append(out, e)
 			}
 		}
+		reuse := env
+		reuse.Actor.TokenID, reuse.IdempotencyKey, reuse.RequestHash, reuse.EventID = domain.SystemActor, "", "", ""
+		if rnd.IntN(2) == 0 {
+			if e, err := tok.RecordReuse(pick([]string{"0123456789abcdef", `fp"`}), reuse); err == nil {
+				out = append(out, e)
+			}
+		}
 		if e, err := tok.Delete(env); err == nil {
 			out = append(out, e)
+		}
+		// A reuse is recorded after a deletion too.
+		if rnd.IntN(2) == 0 {
+			if e, err := tok.RecordReuse("0123456789abcdef", reuse); err == nil {
+				out = append(out, e)
+			}
 		}
 	}
 	return out
@@ -68,6 +81,7 @@ func sampleEvents(t testing.TB, n int) []domain.Event {
 func TestTheDecoderReadsEveryEventAsEncodingJSONDoes(t *testing.T) {
 	d := &eventDecoder{}
 	fastPath := 0
+	fastTypes := map[domain.EventType]bool{}
 	for _, e := range sampleEvents(t, 2000) {
 		b, err := json.Marshal(e)
 		if err != nil {
@@ -84,6 +98,7 @@ func TestTheDecoderReadsEveryEventAsEncodingJSONDoes(t *testing.T) {
 		_, ok := canonical(b, map[string]string{})
 		if ok {
 			fastPath++
+			fastTypes[e.Type] = true
 		} else if !bytes.ContainsRune(b, '\\') {
 			// Only a string json.Marshal had to escape may send an event
 			// the ledger wrote down the slow path.
@@ -92,6 +107,11 @@ func TestTheDecoderReadsEveryEventAsEncodingJSONDoes(t *testing.T) {
 	}
 	if fastPath < 250 {
 		t.Fatalf("only %d events took the canonical path: it is not doing its job", fastPath)
+	}
+	for _, typ := range domain.EventTypes {
+		if !fastTypes[typ] {
+			t.Errorf("no %s event took the canonical path", typ)
+		}
 	}
 }
 

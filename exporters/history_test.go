@@ -51,6 +51,7 @@ func makeHistory(tb testing.TB, tokens, events int, seed uint64) history {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 123456789, time.UTC)
 	var h history
 	var live []*domain.Token
+	retired := map[string]string{} // token id -> fingerprint of a secret rotated away
 	actor := domain.SystemActor
 	pick := func(s []string) string { return s[rng.IntN(len(s))] }
 	env := func() domain.Env {
@@ -133,6 +134,7 @@ func makeHistory(tb testing.TB, tokens, events int, seed uint64) history {
 			e, changed, err = tok.Update(cmd, env())
 		case op < 6:
 			var s domain.Secret
+			retired[tok.ID()] = tok.Fingerprint()
 			e, s, err = tok.Rotate(env())
 			h.secrets = append(h.secrets, s)
 		case op < 10 && tok.Scope() == domain.ScopeOrganization:
@@ -145,6 +147,12 @@ func makeHistory(tb testing.TB, tokens, events int, seed uint64) history {
 		case op == 11 && rng.IntN(3) == 0:
 			e, err = tok.Delete(env())
 			live = append(live[:k], live[k+1:]...)
+		case op == 11 && retired[tok.ID()] != "":
+			// Someone presented a secret the token had before: the
+			// ledger's report, made by no token.
+			env := env()
+			env.Actor.TokenID = domain.SystemActor
+			e, err = tok.RecordReuse(retired[tok.ID()], env)
 		default:
 			continue
 		}

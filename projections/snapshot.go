@@ -32,7 +32,7 @@ const snapshotMagic = "TLSNAP\x00\x01"
 
 // SnapshotFormat is bumped whenever the layout changes; older files are then
 // refused as incompatible.
-const SnapshotFormat = 2 // 2: tokens carry their hash chain's head
+const SnapshotFormat = 3 // 2: tokens carry their hash chain's head; 3: and when they were last used
 
 // ErrBadSnapshot marks a snapshot that cannot be used.
 var ErrBadSnapshot = errors.New("snapshot unusable")
@@ -62,6 +62,7 @@ type savedEntry struct {
 	token       *domain.Token // frozen while the capture holds (see capture)
 	lastSeq     uint64
 	quarantined bool
+	lastUsed    int64
 }
 
 type savedRetired struct {
@@ -80,10 +81,12 @@ type savedKeyed struct {
 type captured struct {
 	seq      uint64
 	rejected int
-	entries  []savedEntry
-	retired  []savedRetired
-	keyed    []savedKeyed
-	indexes  []string // derived indexes, for Digest only
+	// uses is the view's count of last-use stamps at the capture.
+	uses    uint64
+	entries []savedEntry
+	retired []savedRetired
+	keyed   []savedKeyed
+	indexes []string // derived indexes, for Digest only
 }
 
 // capture takes the view at one moment. It holds the lock only to collect
@@ -94,10 +97,10 @@ type captured struct {
 func (v *Tokens) capture(withIndexes bool) (c captured, release func()) {
 	v.mu.Lock()
 	v.capturing++
-	c.seq, c.rejected = v.seq, v.rejected
+	c.seq, c.rejected, c.uses = v.seq, v.rejected, v.uses.Load()
 	c.entries = make([]savedEntry, 0, len(v.byKey))
 	for _, e := range v.byKey {
-		c.entries = append(c.entries, savedEntry{e.token, e.lastSeq, e.quarantined})
+		c.entries = append(c.entries, savedEntry{e.token, e.lastSeq, e.quarantined, e.lastUsed.Load()})
 	}
 	c.retired = make([]savedRetired, 0, len(v.retired))
 	for h, r := range v.retired {
@@ -136,12 +139,22 @@ func (v *Tokens) capture(withIndexes bool) (c captured, release func()) {
 // WriteSnapshot writes the view to w and returns the sequence it covers.
 // Events keep being applied while the bytes are written (see capture).
 func (v *Tokens) WriteSnapshot(w io.Writer, stream string, streamCreated time.Time) (uint64, error) {
-	c, release := v.capture(false)
-	defer release()
-	return c.seq, c.write(w, stream, streamCreated)
+	seq, _, err := v.writeSnapshot(w, stream, streamCreated)
+	return seq, err
 }
 
-func (c captured) write(w io.Writer, stream string, streamCreated time.Time) error {
+// writeSnapshot is WriteSnapshot, also returning the count of last-use
+// stamps the snapshot holds.
+func (v *Tokens) writeSnapshot(w io.Writer, stream string, streamCreated time.Time) (seq, uses uint64, err error) {
+	c, release := v.capture(false)
+	defer release()
+	return c.seq, c.uses, c.write(w, stream, streamCreated, true)
+}
+
+// write encodes the capture. withUse false writes every last use as
+// unknown: Digest compares what the stream decides, and no event records a
+// use.
+func (c captured) write(w io.Writer, stream string, streamCreated time.Time, withUse bool) error {
 	sum := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 1<<20)
 	enc := &encoder{w: bw}
@@ -156,6 +169,11 @@ func (c captured) write(w io.Writer, stream string, streamCreated time.Time) err
 		enc.token(e.token.State())
 		enc.uint(e.lastSeq)
 		enc.bool(e.quarantined)
+		if withUse {
+			enc.uint(uint64(max(e.lastUsed, 0)))
+		} else {
+			enc.uint(0)
+		}
 	}
 	enc.uint(uint64(len(c.retired)))
 	for _, r := range c.retired {
@@ -187,12 +205,14 @@ func (c captured) write(w io.Writer, stream string, streamCreated time.Time) err
 // Digest is a SHA-256 over everything the view holds at one moment, in a
 // canonical order: what a snapshot saves, and the indexes derived from it (by
 // secret hash, by workspace and deployment), so that two views are equal
-// exactly when their digests are, indexes included.
+// exactly when their digests are, indexes included. When tokens were last
+// used is left out: it is not in the stream, so a view rebuilt from the
+// stream equals the live one without it.
 func (v *Tokens) Digest() [sha256.Size]byte {
 	c, release := v.capture(true)
 	defer release()
 	h := sha256.New()
-	_ = c.write(h, "", time.Time{}) // a hash.Hash never fails to write
+	_ = c.write(h, "", time.Time{}, false) // a hash.Hash never fails to write
 	for _, l := range c.indexes {
 		_, _ = io.WriteString(h, l+"\n")
 	}
@@ -233,6 +253,7 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 	for range n {
 		t := domain.RestoreToken(d.token())
 		ent := &entry{token: t, lastSeq: d.uint(), quarantined: d.bool()}
+		ent.lastUsed.Store(int64(d.uint()))
 		key := tokenKey{t.OrganizationID(), t.ID()}
 		v.byKey[key] = ent
 		v.reindex(ent, indexed{}, "")
@@ -243,7 +264,7 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		var hash domain.SecretHash
 		copy(hash[:], d.raw(len(hash)))
 		key := tokenKey{d.common(), d.str()}
-		r := retiredSecret{ent: v.byKey[key], reason: Outcome(d.common())}
+		r := retiredSecret{ent: v.byKey[key], hash: hash, reason: Outcome(d.common())}
 		if r.ent == nil && d.err == nil {
 			d.err = fmt.Errorf("retired secret of unknown token %s", key.id)
 		}
@@ -273,7 +294,7 @@ func (v *Tokens) SaveSnapshot(path, stream string, streamCreated time.Time) (uin
 		return 0, err
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
-	seq, err := v.WriteSnapshot(tmp, stream, streamCreated)
+	seq, uses, err := v.writeSnapshot(tmp, stream, streamCreated)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -289,8 +310,15 @@ func (v *Tokens) SaveSnapshot(path, stream string, streamCreated time.Time) (uin
 	if err != nil {
 		return 0, fmt.Errorf("save snapshot %s: %w", path, err)
 	}
+	v.usesSaved.Store(uses)
 	return seq, nil
 }
+
+// UsesUnsaved reports whether tokens were used since the last snapshot file
+// was saved (or the view was loaded), so that a snapshot is worth saving
+// even though no event came: a restart then keeps when tokens were last
+// used, to within the snapshot interval.
+func (v *Tokens) UsesUnsaved() bool { return v.uses.Load() != v.usesSaved.Load() }
 
 // LoadSnapshot reads a snapshot file; os.ErrNotExist if there is none.
 func LoadSnapshot(path string) (*Tokens, SnapshotHeader, error) {

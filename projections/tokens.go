@@ -5,10 +5,12 @@ package projections
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -39,6 +41,11 @@ type Tokens struct {
 	capturing int
 	// rejected counts stream messages that could not be applied (see Apply).
 	rejected int
+	// uses counts the last-use stamps MarkUsed has moved, and usesSaved is
+	// its value when the last snapshot file was written: a snapshot is
+	// worth saving when either the sequence or this has moved.
+	uses      atomic.Uint64
+	usesSaved atomic.Uint64
 }
 
 type tokenKey struct{ org, id string }
@@ -51,12 +58,35 @@ type entry struct {
 	// fails closed for it; commands still work (a delete or a new token is the
 	// way out), because the stream's per-token sequence is still tracked.
 	quarantined bool
+	// lastUsed is when the token last authenticated a request, in Unix
+	// seconds (0: not known). It is not in any event: uses are far too many
+	// to record, and the view keeps it in memory (and in its snapshots),
+	// moved by MarkUsed at most every LastUsedEvery, without the view's lock.
+	lastUsed atomic.Int64
+}
+
+// copyToken is a copy of the entry's token for a reader, stamped with its
+// last use.
+func (e *entry) copyToken() *domain.Token {
+	t := e.token.Clone()
+	if u := e.lastUsed.Load(); u != 0 {
+		t.SetLastUsedAt(time.Unix(u, 0))
+	}
+	return t
 }
 
 type retiredSecret struct {
-	ent    *entry
+	ent *entry
+	// hash is the retired secret's hash (also the map's key), kept so that
+	// Verify compares it in constant time as it does a live one.
+	hash   domain.SecretHash
 	reason Outcome
 }
+
+// noEntry stands in for the token when a secret matches none, so that
+// Verify copies and compares as much for an unknown secret as for a known
+// one. It is never changed.
+var noEntry = &entry{token: &domain.Token{}}
 
 // Applied is where an event landed.
 type Applied struct {
@@ -160,7 +190,9 @@ type indexed struct {
 // of type typ; places only for the events that can change them.
 func indexedFacts(t *domain.Token, typ domain.EventType) indexed {
 	f := indexed{known: true, secret: t.SecretHash()}
-	if typ != domain.TokenUpdated && typ != domain.TokenRotated {
+	switch typ {
+	case domain.TokenUpdated, domain.TokenRotated, domain.TokenReuseDetected:
+	default:
 		f.places = places(t)
 	}
 	return f
@@ -176,7 +208,7 @@ func indexedFacts(t *domain.Token, typ domain.EventType) indexed {
 func (v *Tokens) reindex(ent *entry, prev indexed, typ domain.EventType) {
 	next := ent.token
 	switch typ {
-	case domain.TokenUpdated:
+	case domain.TokenUpdated, domain.TokenReuseDetected:
 		return
 	case domain.TokenAssigned, domain.TokenUnassigned:
 		v.replace(ent, prev.places, places(next))
@@ -184,11 +216,11 @@ func (v *Tokens) reindex(ent *entry, prev indexed, typ domain.EventType) {
 	}
 	if prev.known && prev.secret != next.SecretHash() {
 		delete(v.byHash, prev.secret)
-		v.retired[prev.secret] = retiredSecret{ent: ent, reason: OutcomeRotated}
+		v.retired[prev.secret] = retiredSecret{ent: ent, hash: prev.secret, reason: OutcomeRotated}
 	}
 	if next.Deleted() {
 		delete(v.byHash, next.SecretHash())
-		v.retired[next.SecretHash()] = retiredSecret{ent: ent, reason: OutcomeDeleted}
+		v.retired[next.SecretHash()] = retiredSecret{ent: ent, hash: next.SecretHash(), reason: OutcomeDeleted}
 	} else {
 		v.byHash[next.SecretHash()] = ent
 	}
@@ -254,7 +286,7 @@ func (v *Tokens) Get(org, id string) (*domain.Token, uint64, bool) {
 	if ent == nil {
 		return nil, 0, false
 	}
-	return ent.token.Clone(), ent.lastSeq, true
+	return ent.copyToken(), ent.lastSeq, true
 }
 
 // Listed is a token with the stream sequence of its last event, and whether
@@ -272,7 +304,7 @@ func (v *Tokens) List(org string) []Listed {
 	out := make([]Listed, 0)
 	for k, ent := range v.byKey {
 		if k.org == org {
-			out = append(out, Listed{Token: ent.token.Clone(), Sequence: ent.lastSeq, Quarantined: ent.quarantined})
+			out = append(out, Listed{Token: ent.copyToken(), Sequence: ent.lastSeq, Quarantined: ent.quarantined})
 		}
 	}
 	v.mu.RUnlock()
@@ -316,6 +348,8 @@ type Verdict struct {
 	Outcome Outcome
 	token   domain.Token
 	found   bool
+	// ent is the token's entry for an active secret, for MarkUsed.
+	ent *entry
 }
 
 // Token returns the token the secret belongs to, or nil (malformed, unknown).
@@ -325,6 +359,15 @@ func (d Verdict) Token() *domain.Token {
 	}
 	t := d.token
 	return &t
+}
+
+// TokenKey names the token the secret belongs to, without copying it: its
+// organization and id, or "" (malformed, unknown).
+func (d Verdict) TokenKey() (org, id string) {
+	if !d.found {
+		return "", ""
+	}
+	return d.token.OrganizationID(), d.token.ID()
 }
 
 // Reason is a sentence for a person.
@@ -348,26 +391,71 @@ func (d Verdict) Reason() string {
 	return string(d.Outcome)
 }
 
-// Verify looks a secret up by its hash. The format check comes first, so a
-// malformed string never reaches the index.
+// Verify looks a secret up by its hash. A secret that does not authenticate
+// takes as long whatever the reason (malformed, unknown, expired, rotated
+// away, deleted), so timing tells a caller no more than the answer does: it
+// is hashed before its format is judged, both indexes are probed, the stored
+// hash is compared in constant time, and a token is copied, on every path.
+// The format verdict still comes first in the answer: a malformed string is
+// never answered from an index, even when its first SecretLen bytes are
+// some token's secret.
 func (v *Tokens) Verify(secret string, now time.Time) Verdict {
-	if _, err := domain.CheckSecretFormat(secret); err != nil {
-		return Verdict{Outcome: OutcomeMalformed}
-	}
-	h := domain.Hash(secret)
+	// At most SecretLen bytes: longer strings are malformed anyway, and
+	// hashing a stack copy of them does not allocate.
+	h := domain.Hash(secret[:min(len(secret), domain.SecretLen)])
+	_, malformed := domain.CheckSecretFormat(secret)
 	v.mu.RLock()
-	defer v.mu.RUnlock()
-	if ent := v.byHash[h]; ent != nil {
-		switch {
-		case ent.quarantined:
-			return Verdict{Outcome: OutcomeQuarantined, token: *ent.token, found: true}
-		case ent.token.Status(now) == domain.StatusExpired:
-			return Verdict{Outcome: OutcomeExpired, token: *ent.token, found: true}
-		}
-		return Verdict{Outcome: OutcomeActive, token: *ent.token, found: true}
+	live := v.byHash[h]
+	old, isOld := v.retired[h]
+	cand, stored, outcome := noEntry, domain.SecretHash{}, OutcomeUnknown
+	switch {
+	case malformed != nil:
+	case live != nil:
+		cand, stored, outcome = live, live.token.SecretHash(), OutcomeActive
+	case isOld:
+		cand, stored, outcome = old.ent, old.hash, old.reason
 	}
-	if r, ok := v.retired[h]; ok {
-		return Verdict{Outcome: r.reason, token: *r.ent.token, found: true}
+	d := Verdict{token: *cand.token}
+	quarantined := cand.quarantined
+	v.mu.RUnlock()
+	// On copies, past the lock: nothing here reads the view.
+	matches := subtle.ConstantTimeCompare(stored[:], h[:]) == 1
+	expired := d.token.Status(now) == domain.StatusExpired
+	switch {
+	case malformed != nil:
+		d.Outcome = OutcomeMalformed
+	case !matches:
+		d.Outcome = OutcomeUnknown
+	case outcome != OutcomeActive:
+		d.Outcome, d.found = outcome, true
+	case quarantined:
+		d.Outcome, d.found = OutcomeQuarantined, true
+	case expired:
+		d.Outcome, d.found = OutcomeExpired, true
+	default:
+		d.Outcome, d.found, d.ent = OutcomeActive, true, cand
 	}
-	return Verdict{Outcome: OutcomeUnknown}
+	return d
+}
+
+// LastUsedEvery is how stale a token's last use may get: MarkUsed moves it
+// only when the one it holds is at least this old, so a token in constant
+// use costs one atomic store every LastUsedEvery, not one per request.
+const LastUsedEvery = 30 * time.Second
+
+// MarkUsed records that the token of an active verdict authenticated a
+// request at now. It takes no lock and does not allocate; it never moves a
+// last use back.
+func (v *Tokens) MarkUsed(d Verdict, now time.Time) {
+	if d.ent == nil {
+		return
+	}
+	at := now.Unix()
+	last := d.ent.lastUsed.Load()
+	if at-last < int64(LastUsedEvery/time.Second) {
+		return
+	}
+	if d.ent.lastUsed.CompareAndSwap(last, at) {
+		v.uses.Add(1)
+	}
 }
