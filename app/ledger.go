@@ -48,6 +48,8 @@ type Ledger struct {
 	readWait time.Duration
 	// auditKey signs export manifests.
 	auditKey ed25519.PrivateKey
+	// reuse records rotated-away secrets presented again (see reuse.go).
+	reuse reuseWriter
 }
 
 // Option changes a Ledger's defaults.
@@ -86,13 +88,23 @@ type Caller struct {
 
 func (c Caller) org() string { return c.Token.OrganizationID() }
 
-// Authenticate resolves a bearer secret to its token, if it is active now.
-func (l *Ledger) Authenticate(secret string) (*domain.Token, error) {
-	v := l.view.Verify(secret, l.now())
-	if v.Outcome != projections.OutcomeActive {
-		return nil, ErrUnauthenticated
+// Authenticate resolves a bearer secret to its token, if it is active now,
+// and notes the use (see projections.Tokens.MarkUsed). Every other secret
+// gets ErrUnauthenticated alike; a rotated-away one is also reported, with
+// the request's source, to be recorded as TokenReuseDetected in the
+// background, so its answer takes no longer than any other refusal.
+func (l *Ledger) Authenticate(secret string, from Source) (*domain.Token, error) {
+	now := l.now()
+	v := l.view.Verify(secret, now)
+	switch v.Outcome {
+	case projections.OutcomeActive:
+		l.view.MarkUsed(v, now)
+		return v.Token(), nil
+	case projections.OutcomeRotated:
+		org, id := v.TokenKey()
+		l.reportReuse(org, id, secret, from)
 	}
-	return v.Token(), nil
+	return nil, ErrUnauthenticated
 }
 
 // operations names the operation each command is, for domain.Authorize.

@@ -53,13 +53,13 @@ func TestATokenExpiresByTheClockWithoutAnEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := res.Secret.Reveal()
-	if _, err := l.Authenticate(secret); err != nil {
+	if _, err := l.Authenticate(secret, app.Source{}); err != nil {
 		t.Fatalf("fresh token cannot authenticate: %v", err)
 	}
 	before, _ := store.LastSequence(ctx)
 
 	clk.Advance(24 * time.Hour)
-	if _, err := l.Authenticate(secret); !errors.Is(err, app.ErrUnauthenticated) {
+	if _, err := l.Authenticate(secret, app.Source{}); !errors.Is(err, app.ErrUnauthenticated) {
 		t.Fatalf("expired token authenticates: %v", err)
 	}
 	v, err := l.Verify(ctx, owner, secret)
@@ -82,7 +82,7 @@ func TestATokenExpiresByTheClockWithoutAnEvent(t *testing.T) {
 	if want := clk.Now().Add(24 * time.Hour); !rot.Token.ExpiresAt().Equal(want) {
 		t.Fatalf("renewed expiry %v, want %v", rot.Token.ExpiresAt(), want)
 	}
-	if _, err := l.Authenticate(rot.Secret.Reveal()); err != nil {
+	if _, err := l.Authenticate(rot.Secret.Reveal(), app.Source{}); err != nil {
 		t.Fatalf("rotated token cannot authenticate: %v", err)
 	}
 }
@@ -338,7 +338,7 @@ func TestATamperedConsumerIsNoticedAndADeleteStillTakesEffect(t *testing.T) {
 	if err := l.CatchUp(wctx); err != nil {
 		t.Fatalf("the view never caught up with the delete: %v", err)
 	}
-	if _, err := l.Authenticate(victim.Secret.Reveal()); !errors.Is(err, app.ErrUnauthenticated) {
+	if _, err := l.Authenticate(victim.Secret.Reveal(), app.Source{}); !errors.Is(err, app.ErrUnauthenticated) {
 		t.Fatal("a deleted token still authenticates after its feed was tampered with")
 	}
 }

@@ -159,7 +159,10 @@ func tokensInStream(t *testing.T, js jetstream.JetStream) map[string]bool {
 
 // run issues n random commands, about a quarter of them invalid in some way
 // (a bad field, an unknown token, a role that does not fit, a reused key),
-// and returns how many succeeded and how many were refused.
+// and authentications with the secrets they issued (current, rotated away,
+// of deleted tokens: last uses and reuse reports), and returns how many
+// succeeded and how many were refused. It returns once the reuse reports
+// are in the stream.
 func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens, callers []app.Caller, clk *clock, n int) (ok, refused int) {
 	ctx := context.Background()
 	pick := func(xs ...string) string { return xs[rnd.IntN(len(xs))] }
@@ -173,6 +176,13 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 	anyRole := func() string {
 		return pick(append(append([]string{"SUPERUSER"}, wsRoles...), validRoles["organization"][:3]...)...)
 	}
+	var secrets []string
+	issued := func(res app.Result) {
+		if !res.Secret.IsZero() {
+			secrets = append(secrets, res.Secret.Reveal())
+		}
+	}
+	defer func() { awaitRecorded(t, l, l.ReuseStats().Queued) }()
 	for range n {
 		clk.Advance(time.Duration(rnd.IntN(48)) * time.Hour)
 		c := callers[rnd.IntN(len(callers))]
@@ -188,7 +198,8 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 			id, scope = tk.ID(), tk.Scope()
 		}
 		var err error
-		switch rnd.IntN(8) {
+		var res app.Result
+		switch rnd.IntN(9) {
 		case 0, 1, 2:
 			sc := pick("organization", "workspace", "deployment")
 			cmd := domain.CreateToken{Scope: sc, Name: pick("ci", "  deploy  ", "a name"), Description: pick("", "desc"), Role: pick(validRoles[sc]...)}
@@ -218,7 +229,8 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 					cmd.Scope = "galaxy"
 				}
 			}
-			_, err = l.CreateToken(ctx, c, cmd, key)
+			res, err = l.CreateToken(ctx, c, cmd, key)
+			issued(res)
 		case 3:
 			var u domain.UpdateToken
 			name, desc := pick("renamed", "other"), pick("", "new description")
@@ -235,7 +247,8 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 			}
 			_, err = l.UpdateToken(ctx, c, id, u, key)
 		case 4:
-			_, err = l.RotateToken(ctx, c, id, key)
+			res, err = l.RotateToken(ctx, c, id, key)
+			issued(res)
 		case 5:
 			role := pick(wsRoles...)
 			if bad() {
@@ -247,6 +260,10 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 		case 7:
 			if rnd.IntN(2) == 0 { // deletions are rarer, or nothing would be left
 				_, err = l.DeleteToken(ctx, c, id, key)
+			}
+		case 8:
+			if len(secrets) > 0 {
+				_, err = l.Authenticate(secrets[rnd.IntN(len(secrets))], app.Source{RequestID: "r", SourceIP: "192.0.2.1"})
 			}
 		}
 		if err != nil {

@@ -57,9 +57,10 @@ func OpenView(ctx context.Context, store *eventstore.Store, path string, rebuild
 }
 
 // SaveView writes a snapshot of view if it has moved past the one at path
-// (covering saved), and returns the sequence now saved.
+// (covering saved), or tokens were used since (the snapshot keeps when they
+// were last used), and returns the sequence now saved.
 func SaveView(ctx context.Context, store *eventstore.Store, view *projections.Tokens, path string, saved uint64, log *slog.Logger) (uint64, error) {
-	if view.Sequence() <= saved {
+	if view.Sequence() <= saved && !view.UsesUnsaved() {
 		return saved, nil
 	}
 	id, err := store.Identity(ctx)
@@ -75,8 +76,8 @@ func SaveView(ctx context.Context, store *eventstore.Store, view *projections.To
 	return seq, nil
 }
 
-// KeepSnapshots saves a snapshot every interval while the view moves, until
-// ctx ends.
+// KeepSnapshots saves a snapshot every interval while the view moves or its
+// tokens are used, until ctx ends.
 func KeepSnapshots(ctx context.Context, store *eventstore.Store, view *projections.Tokens, path string, every time.Duration, saved uint64, log *slog.Logger) uint64 {
 	tick := time.NewTicker(every)
 	defer tick.Stop()

@@ -78,6 +78,12 @@ func (h *harness) history() (secrets []string, actor2 string) {
 			}
 		}
 	}
+	// A rotated-away secret presented again: TokenReuseDetected, written in
+	// the background, awaited so the history is complete on return.
+	if status, _, _ := h.raw("GET", "/v1/tokens", secrets[2], nil, map[string]string{"User-Agent": "reuser"}); status != http.StatusUnauthorized {
+		h.t.Fatalf("a rotated-away secret got %d", status)
+	}
+	h.awaitReuse(1)
 	return secrets, second.ID
 }
 
@@ -326,6 +332,7 @@ func TestAuditExportFiltersGiveExactlyTheirRows(t *testing.T) {
 	}{
 		{"everything", url.Values{}, func(map[string]any) bool { return true }},
 		{"one type", url.Values{"type": {"TokenRotated"}}, func(r map[string]any) bool { return str(r, "event_type") == "TokenRotated" }},
+		{"reuse", url.Values{"type": {"TokenReuseDetected"}}, func(r map[string]any) bool { return str(r, "event_type") == "TokenReuseDetected" }},
 		{"two types", url.Values{"type": {"TokenDeleted", "TokenUnassigned"}}, func(r map[string]any) bool {
 			return str(r, "event_type") == "TokenDeleted" || str(r, "event_type") == "TokenUnassigned"
 		}},

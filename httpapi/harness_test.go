@@ -54,6 +54,7 @@ func newHarness(t *testing.T) *harness {
 	h.key = key
 	ledger := app.New(store, view, app.WithClock(h.now), app.WithAuditKey(key))
 	t.Cleanup(app.Feed(store, view, nil))
+	t.Cleanup(func() { _ = ledger.Close() }) // before the feed stops: it writes queued reuse reports
 
 	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
 	if err != nil || tok == nil {

@@ -78,10 +78,22 @@ func problemFor(err error) *Problem {
 	return &Problem{Type: problemBase + "internal", Title: "Internal error", Status: http.StatusInternalServerError, Detail: "internal error; quote the request id when reporting it"}
 }
 
+// writeProblem sends p. Problems quote what the caller sent (an id, a
+// field's name, a value), and a caller may paste a secret anywhere: whatever
+// is shaped like one is redacted here, the one place every error answer
+// passes, so that no rule's wording can echo it.
 func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
 	out := *p
 	if p != unauthenticated {
 		out.RequestID = requestID(r.Context())
+		out.Detail = redactSecrets(out.Detail)
+		if len(p.Errors) > 0 {
+			out.Errors = make([]domain.FieldError, len(p.Errors))
+			for i, e := range p.Errors {
+				e.Field, e.Rule = redactSecrets(e.Field), redactSecrets(e.Rule)
+				out.Errors[i] = e
+			}
+		}
 	} else {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tokenledger"`)
 	}
@@ -89,4 +101,11 @@ func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(out.Status)
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+func redactSecrets(s string) string {
+	if !secretLike.MatchString(s) {
+		return s
+	}
+	return secretLike.ReplaceAllString(s, "[REDACTED]")
 }

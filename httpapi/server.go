@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -39,30 +40,68 @@ type Server struct {
 	mux    *http.ServeMux
 	// ready reports whether the ledger can serve (the view has caught up).
 	ready func() error
+
+	now     func() time.Time // the rate limiter's clock
+	limiter *failureLimiter  // nil: failed authentications are not limited
+	trusted []netip.Prefix   // proxies whose X-Forwarded-For is believed
+	metrics metrics
+
+	failureBurst    int
+	failureInterval time.Duration
+	failureSources  int
 }
 
+// ServerOption changes a Server's defaults.
+type ServerOption func(*Server)
+
+// WithFailureLimit sets the failed-authentication budget of each source
+// address: burst failures back to back, then one more every interval. A burst
+// or interval of 0 turns the limit off.
+func WithFailureLimit(burst int, interval time.Duration) ServerOption {
+	return func(s *Server) { s.failureBurst, s.failureInterval = burst, interval }
+}
+
+// WithFailureSources bounds how many source addresses the limit tracks at
+// once (65,536 by default).
+func WithFailureSources(n int) ServerOption { return func(s *Server) { s.failureSources = n } }
+
+// WithTrustedProxies makes the server believe X-Forwarded-For from peers in
+// these networks (and only from them) for the source address: the rate
+// limit's key and the source_ip of events.
+func WithTrustedProxies(p []netip.Prefix) ServerOption { return func(s *Server) { s.trusted = p } }
+
+// WithServerClock makes the rate limit read time from now (tests step it).
+func WithServerClock(now func() time.Time) ServerOption { return func(s *Server) { s.now = now } }
+
 // NewServer routes the API to ledger. ready may be nil.
-func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error) *Server {
-	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), ready: ready}
+func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error, opts ...ServerOption) *Server {
+	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), ready: ready, now: time.Now,
+		failureBurst: DefaultFailureBurst, failureInterval: DefaultFailureInterval, failureSources: DefaultFailureSources}
+	for _, o := range opts {
+		o(s)
+	}
+	s.limiter = newFailureLimiter(s.failureBurst, s.failureInterval, s.failureSources)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
-	s.mux.Handle("POST /v1/tokens", s.authed(s.createToken))
-	s.mux.Handle("GET /v1/tokens", s.authed(s.listTokens))
-	s.mux.Handle("GET /v1/tokens/{id}", s.authed(s.getToken))
-	s.mux.Handle("GET /v1/tokens/{id}/history", s.authed(s.tokenHistory))
-	s.mux.Handle("GET /v1/roles", s.authed(s.roles))
-	s.mux.Handle("PATCH /v1/tokens/{id}", s.authed(s.updateToken))
-	s.mux.Handle("DELETE /v1/tokens/{id}", s.authed(s.deleteToken))
-	s.mux.Handle("POST /v1/tokens/{id}/rotate", s.authed(s.rotateToken))
-	s.mux.Handle("PUT /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.assignToken))
-	s.mux.Handle("DELETE /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(s.unassignToken))
-	s.mux.Handle("POST /v1/verify", s.authed(s.verify))
-	s.mux.Handle("GET /v1/audit/export", s.authed(s.auditExport))
+	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
+	s.mux.Handle("POST /v1/tokens", s.authed(opCreate, s.createToken))
+	s.mux.Handle("GET /v1/tokens", s.authed(opList, s.listTokens))
+	s.mux.Handle("GET /v1/tokens/{id}", s.authed(opRead, s.getToken))
+	s.mux.Handle("GET /v1/tokens/{id}/history", s.authed(opRead, s.tokenHistory))
+	s.mux.Handle("GET /v1/roles", s.authed(opRoles, s.roles))
+	s.mux.Handle("PATCH /v1/tokens/{id}", s.authed(opUpdate, s.updateToken))
+	s.mux.Handle("DELETE /v1/tokens/{id}", s.authed(opDelete, s.deleteToken))
+	s.mux.Handle("POST /v1/tokens/{id}/rotate", s.authed(opRotate, s.rotateToken))
+	s.mux.Handle("PUT /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(opAssign, s.assignToken))
+	s.mux.Handle("DELETE /v1/tokens/{id}/workspaces/{workspace_id}", s.authed(opUnassign, s.unassignToken))
+	s.mux.Handle("POST /v1/verify", s.authed(opVerify, s.verify))
+	s.mux.Handle("GET /v1/audit/export", s.authed(opExport, s.auditExport))
 	s.mux.HandleFunc("GET /v1/audit/public-key", s.auditPublicKey)
 	// A known path with another method gets 405 and the methods it takes.
 	for path, allow := range map[string]string{
 		"/healthz":                "GET",
 		"/openapi.yaml":           "GET",
+		"/metrics":                "GET",
 		"/v1/tokens":              "GET, POST",
 		"/v1/tokens/{id}":         "GET, PATCH, DELETE",
 		"/v1/tokens/{id}/rotate":  "POST",
@@ -94,7 +133,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !validRequestID(id) {
 		id = newRequestID()
 	}
-	r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+	ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+	r = r.WithContext(context.WithValue(ctx, sourceIPKey{}, clientAddr(r, s.trusted)))
 	w.Header().Set("X-Request-Id", id)
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
@@ -106,6 +146,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.log.Info("http request", "request_id", id, "method", clipPath(r.Method), "path", clipPath(r.URL.Path),
 			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+		s.metrics.request(rec.status)
 	}()
 	s.mux.ServeHTTP(rec, r)
 }
@@ -124,7 +165,10 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
-type requestIDKey struct{}
+type (
+	requestIDKey struct{}
+	sourceIPKey  struct{}
+)
 
 func requestID(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey{}).(string)
@@ -180,31 +224,89 @@ func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 type authedHandler func(w http.ResponseWriter, r *http.Request, c app.Caller) error
 
 // authed resolves the bearer token before the handler runs; every failure gets
-// the same 401.
-func (s *Server) authed(h authedHandler) http.Handler {
+// the same 401 and charges the source's failure budget. A source whose budget
+// is used up is refused before its token is looked at, even a valid one:
+// otherwise a 200 among the 429s would still tell a guesser it had won.
+func (s *Server) authed(op operation, h authedHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		scheme, secret, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			writeProblem(w, r, unauthenticated)
+		src := sourceKey(sourceIP(r))
+		if wait := s.limiter.blocked(src, s.now()); wait > 0 {
+			s.metrics.rateLimited.Add(1)
+			s.writeRateLimited(w, r, wait)
 			return
 		}
-		tok, err := s.ledger.Authenticate(strings.TrimSpace(secret))
+		scheme, secret, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			s.refuse(w, r, src)
+			return
+		}
+		tok, err := s.ledger.Authenticate(strings.TrimSpace(secret), app.Source{RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())})
 		if err != nil {
-			writeProblem(w, r, unauthenticated)
+			s.refuse(w, r, src)
 			return
 		}
 		c := app.Caller{Token: tok, RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())}
 		if err := h(w, r, c); err != nil {
 			p := problemFor(err)
-			if p.Status >= 500 {
+			var ferr *app.ForbiddenError
+			switch {
+			case p.Status >= 500:
 				s.log.Error("request failed", "request_id", c.RequestID, "error", err)
+			case p == unauthenticated:
+				s.refuse(w, r, src)
+				return
+			case errors.As(err, &ferr):
+				// Every refusal is an audit fact: which token tried what,
+				// and which rule stopped it. The rule is the ledger's text,
+				// but it may quote request values, so it is redacted too.
+				s.metrics.forbidden[op].Add(1)
+				s.log.Warn("forbidden", "request_id", c.RequestID, "actor_token_id", c.Token.ID(), "operation", op.String(),
+					"method", clipPath(r.Method), "path", clipPath(r.URL.Path), "field", clipHeader(ferr.Field), "rule", clipHeader(ferr.Rule))
 			}
 			writeProblem(w, r, p)
 		}
 	})
 }
 
+// refuse answers 401 and charges the source, alike whatever was wrong: a
+// budget that drained faster for some kinds of bad secret than for others
+// would tell a guesser which kind it had sent.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, src netip.Addr) {
+	s.metrics.authFailures.Add(1)
+	if s.limiter.fail(src, s.now()) {
+		// Once per source and lockout, not per refused request.
+		s.log.Warn("failed-authentication limit reached", "request_id", requestID(r.Context()), "source_ip", sourceIP(r),
+			"retry_after_s", retryAfterSeconds(s.failureInterval))
+	}
+	writeProblem(w, r, unauthenticated)
+}
+
+// writeRateLimited answers 429. The wait is rounded up to whole seconds, as
+// Retry-After takes them, so a client that honours it is never refused again
+// for being early.
+func (s *Server) writeRateLimited(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+	secs := retryAfterSeconds(wait)
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	rule := fmt.Sprintf("at most %d failed authentications in a row from one source address, then one every %s", s.failureBurst, s.failureInterval)
+	writeProblem(w, r, &Problem{Type: problemBase + "rate-limited", Title: "Too many failed authentications", Status: http.StatusTooManyRequests,
+		Detail: fmt.Sprintf("Authorization: too many failed authentications from this address; retry after %d s", secs),
+		Errors: []domain.FieldError{{Field: "Authorization", Rule: rule}}})
+}
+
+func retryAfterSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// sourceIP is the address the request came from, as ServeHTTP resolved it
+// (see clientAddr).
 func sourceIP(r *http.Request) string {
+	if ip, ok := r.Context().Value(sourceIPKey{}).(string); ok {
+		return ip
+	}
+	return peerIP(r)
+}
+
+func peerIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

@@ -35,6 +35,10 @@ type Token struct {
 	Status         domain.Status     `json:"status"`
 	Version        uint64            `json:"version"`
 	Fingerprint    string            `json:"fingerprint"`
+	// LastUsedAt is when the token last authenticated a request, to within
+	// a minute; null when not known (never used, or only before the
+	// ledger kept track).
+	LastUsedAt *time.Time `json:"last_used_at"`
 	// Roles lists every role the token has, wherever it has it. A deleted or
 	// expired token keeps its roles here; Status says whether it can use them.
 	Roles []RoleGrant `json:"roles"`
@@ -198,6 +202,9 @@ func tokenJSON(t *domain.Token, now time.Time) Token {
 	}
 	if r := t.RotatedAt(); !r.IsZero() {
 		out.RotatedAt = &r
+	}
+	if u := t.LastUsedAt(); !u.IsZero() {
+		out.LastUsedAt = &u
 	}
 	out.Roles = roleGrants(t)
 	return out

@@ -80,7 +80,7 @@ stream_sequence: nothing is missed and nothing repeated.`,
 	fl.StringVar(&manifestPath, "manifest", "", "where to write the signed manifest (default FILE.manifest.json; with --out -, none unless given)")
 	fl.StringVar(&since, "since", "", "only events at or after this time (RFC 3339, or a duration back from now: 24h, 30d)")
 	fl.StringVar(&until, "until", "", "only events before this time (RFC 3339, or a duration back from now)")
-	fl.StringArrayVar(&types, "type", nil, "only this event type (TokenCreated, TokenUpdated, TokenRotated, TokenAssigned, TokenUnassigned, TokenDeleted); repeat for several")
+	fl.StringArrayVar(&types, "type", nil, "only this event type (TokenCreated, TokenUpdated, TokenRotated, TokenAssigned, TokenUnassigned, TokenDeleted, TokenReuseDetected); repeat for several")
 	fl.StringVar(&token, "token", "", "only this token's events")
 	fl.StringVar(&ws, "workspace", "", "only rows whose workspace_id is this workspace")
 	fl.StringVar(&dep, "deployment", "", "only rows whose deployment_id is this deployment")

@@ -40,6 +40,11 @@ type serveOptions struct {
 	// snapshotEvery is how often the token view is saved while it changes (0:
 	// only at shutdown).
 	snapshotEvery time.Duration
+	// The failed-authentication limit per source address, and the proxies
+	// whose X-Forwarded-For names that address.
+	authFailureBurst    int
+	authFailureInterval time.Duration
+	trustedProxies      []string
 }
 
 func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
@@ -52,6 +57,12 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			*started = true
 			if cmd.Flags().Changed("nats-listen") && o.natsURL != "" {
 				return usageError{errors.New("--nats-listen and --nats-url exclude each other: the first runs an embedded server, the second uses yours")}
+			}
+			if _, err := httpapi.ParseTrustedProxies(strings.Join(o.trustedProxies, ",")); err != nil {
+				return usageError{fmt.Errorf("--trusted-proxy: %w", err)}
+			}
+			if o.authFailureBurst < 0 || o.authFailureInterval < 0 {
+				return usageError{errors.New("--auth-failure-burst and --auth-failure-interval cannot be negative")}
 			}
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			n, err := startLedger(cmd.Context(), o, log)
@@ -80,6 +91,9 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	f.IntVar(&o.replicas, "replicas", 1, "stream replicas (3 on a cluster)")
 	f.BoolVar(&o.rebuild, "rebuild", false, "discard the view's snapshot and rebuild it from the first event")
 	f.DurationVar(&o.snapshotEvery, "snapshot-every", time.Minute, "how often to save the view's snapshot while it changes (0: only at shutdown)")
+	f.IntVar(&o.authFailureBurst, "auth-failure-burst", httpapi.DefaultFailureBurst, "failed authentications a source address may make in a row before it gets 429 (0: no limit)")
+	f.DurationVar(&o.authFailureInterval, "auth-failure-interval", httpapi.DefaultFailureInterval, "after the burst, a source earns one more attempt every this long")
+	f.StringSliceVar(&o.trustedProxies, "trusted-proxy", nil, "CIDR or address of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: trust none, the source is the TCP peer)")
 	f.BoolVar(&o.memory, "memory-storage", false, "keep the stream in memory (tests and benchmarks only: nothing survives a restart)")
 	return cmd
 }
@@ -168,8 +182,12 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		closeAll()
 		return nil, fmt.Errorf("audit signing key: %w", err)
 	}
-	ledger := app.New(store, view, app.WithAuditKey(auditKey))
+	ledger := app.New(store, view, app.WithAuditKey(auditKey), app.WithReuseLog(log))
 	closers = append(closers, app.Feed(store, view, func(err error) { log.Error("token view", "error", err) }))
+	// After the HTTP server stops and before the view stops being fed: the
+	// reuse reports still queued are written, and a conflict waits for the
+	// view.
+	closers = append(closers, func() { _ = ledger.Close() })
 	if err := ledger.CatchUp(ctx); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("catch up with stream %s: %w", cfg.Stream, err)
@@ -217,8 +235,14 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		}
 		return lag.check(view.Sequence(), last, time.Now())
 	}
+	trusted, err := httpapi.ParseTrustedProxies(strings.Join(o.trustedProxies, ","))
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("--trusted-proxy: %w", err)
+	}
 	srv := &http.Server{
-		Handler:           httpapi.NewServer(ledger, log, ready),
+		Handler: httpapi.NewServer(ledger, log, ready,
+			httpapi.WithFailureLimit(o.authFailureBurst, o.authFailureInterval), httpapi.WithTrustedProxies(trusted)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -282,7 +306,8 @@ func bootstrap(ctx context.Context, ledger *app.Ledger, o serveOptions, log *slo
 	final := filepath.Join(o.dataDir, "bootstrap-token")
 	pending := final + ".pending"
 	if b, err := os.ReadFile(pending); err == nil {
-		tok, aerr := ledger.Authenticate(strings.TrimSpace(string(b)))
+		// No request brought this secret: an empty source.
+		tok, aerr := ledger.Authenticate(strings.TrimSpace(string(b)), app.Source{})
 		_, ferr := os.Stat(final)
 		if aerr == nil && os.IsNotExist(ferr) && isBootstrapToken(tok, o.org) {
 			if err := renameSynced(pending, final); err != nil {

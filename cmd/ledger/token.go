@@ -188,6 +188,7 @@ func printToken(w io.Writer, t httpapi.Token) {
 	row("Created", t.CreatedAt.Format(time.RFC3339))
 	row("Updated", t.UpdatedAt.Format(time.RFC3339))
 	row("Rotated", timeOr(t.RotatedAt, "never"))
+	row("Last used", timeOr(t.LastUsedAt, "none recorded"))
 	row("Version", fmt.Sprint(t.Version))
 	row("Fingerprint", t.Fingerprint)
 	tw.Flush()
@@ -244,10 +245,10 @@ func newListCmd(stdout io.Writer, withClient clientRunner) *cobra.Command {
 				return printJSON(stdout, l.Tokens)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSCOPE\tROLE\tWORKSPACE\tDEPLOYMENT\tSTATUS\tEXPIRES")
+			fmt.Fprintln(tw, "ID\tNAME\tSCOPE\tROLE\tWORKSPACE\tDEPLOYMENT\tSTATUS\tEXPIRES\tLAST USED")
 			for _, t := range l.Tokens {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Scope, t.Role,
-					orDash(t.WorkspaceID), orDash(t.DeploymentID), t.Status, timeOr(t.ExpiresAt, "never"))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Scope, t.Role,
+					orDash(t.WorkspaceID), orDash(t.DeploymentID), t.Status, timeOr(t.ExpiresAt, "never"), timeOr(t.LastUsedAt, "-"))
 			}
 			return tw.Flush()
 		}),
@@ -587,6 +588,14 @@ func changes(e httpapi.HistoryEvent) string {
 		add("unassigned %s (was %s)", str("workspace_id"), str("previous_role"))
 	case "TokenDeleted":
 		add("deleted")
+	case "TokenReuseDetected":
+		add("rotated-away secret %s presented again", fp("fingerprint"))
+		if ip := e.SourceIP; ip != "" {
+			parts[0] += " from " + ip
+		}
+		if ua := e.UserAgent; ua != "" {
+			add("user agent %q", clipText(ua))
+		}
 	default:
 		b, _ := json.Marshal(d)
 		add("%s", clipText(string(b)))
