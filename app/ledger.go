@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"sync"
 	"time"
 
@@ -38,11 +39,11 @@ type ForbiddenError = domain.ForbiddenError
 
 // Ledger runs commands and queries.
 type Ledger struct {
-	store      *eventstore.Store
-	view       *projections.Tokens
-	now        func() time.Time
-	rand       io.Reader
-	ownerLocks sync.Map // organization id -> chan struct{} (a lock that honours contexts)
+	store *eventstore.Store
+	view  *projections.Tokens
+	now   func() time.Time
+	rand  io.Reader
+	locks sync.Map // name -> chan struct{} (a lock that honours contexts; see lock)
 	// readWait bounds how long a command or query waits for the view to reach a
 	// sequence it was promised.
 	readWait time.Duration
@@ -294,9 +295,8 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 		return Result{}, err
 	}
 	env := l.env(c, idempotencyKey, keyedRequest{Type: domain.TokenCreated, Params: cmd})
-	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
-		return res, err
-	}
+	// Decided (a pure function) and judged before a retry is answered: a
+	// caller must not learn from a replay what it could not do itself.
 	tok, e, secret, err := domain.Create(cmd, env)
 	if err != nil {
 		return Result{}, err
@@ -304,26 +304,25 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if err := domain.Authorize(c.Token, domain.OpCreate, nil, tok); err != nil {
 		return Result{}, err
 	}
-	if err := l.oneWorkspacePerDeployment(tok); err != nil {
-		return Result{}, err
+	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
+		return res, err
 	}
-	return l.append(ctx, c, e, tok, 0, secret)
-}
-
-// oneWorkspacePerDeployment refuses a deployment token that names another
-// workspace than the deployment's other tokens do: the ledger knows a
-// deployment only by its tokens, and without this a workspace's operator
-// could mint a token for another workspace's deployment by naming it.
-func (l *Ledger) oneWorkspacePerDeployment(t *domain.Token) error {
-	if t.Scope() != domain.ScopeDeployment {
-		return nil
-	}
-	for _, h := range l.view.InDeployment(t.OrganizationID(), t.DeploymentID(), l.now()) {
-		if ws := h.Token.WorkspaceID(); ws != t.WorkspaceID() {
-			return &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s is in workspace %s (its tokens say so), not %s", t.DeploymentID(), ws, t.WorkspaceID())}
+	if tok.Scope() == domain.ScopeDeployment {
+		release, err := l.lock(ctx, "deployment/"+tok.OrganizationID()+"/"+tok.DeploymentID())
+		if err != nil {
+			return Result{}, err
+		}
+		defer release()
+		if err := l.catchUp(ctx); err != nil {
+			return Result{}, err
+		}
+		if ws, ok := l.view.DeploymentWorkspace(tok.OrganizationID(), tok.DeploymentID()); ok && ws != tok.WorkspaceID() {
+			// Which workspace is not said: the caller may not be able to
+			// read it.
+			return Result{}, &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s belongs to another workspace than %s; a deployment token names its deployment's workspace", tok.DeploymentID(), tok.WorkspaceID())}
 		}
 	}
-	return nil
+	return l.append(ctx, c, e, tok, 0, secret)
 }
 
 // UpdateToken changes a token's name, description or role.
@@ -393,12 +392,49 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
 		return res, err
 	}
+	for attempt := 1; ; attempt++ {
+		res, err := l.decideAndAppend(ctx, c, op, tok, last, env, decide)
+		if !errors.Is(err, domain.ErrConflict) || attempt == maxReuseRetries {
+			return res, err
+		}
+		// A TokenReuseDetected (the ledger's own record of an old secret
+		// presented again) moves a token's version without changing it. A
+		// command that lost the race only to such events is decided again
+		// on the token as it now stands; one that lost to a real change
+		// stays a conflict, for its caller to judge.
+		if err := l.catchUp(ctx); err != nil {
+			return Result{}, err
+		}
+		fresh, freshLast, ferr := l.get(c, id)
+		if ferr != nil || !sameButVersion(tok, fresh) {
+			return res, err
+		}
+		tok, last = fresh, freshLast
+	}
+}
+
+// maxReuseRetries bounds how often a command is decided again after losing
+// the race to TokenReuseDetected events alone (a burst of old-secret
+// attempts; the failed-authentication limit bounds how long one lasts).
+const maxReuseRetries = 10
+
+// sameButVersion: b is a, moved on only by events that change nothing but
+// its version and chain.
+func sameButVersion(a, b *domain.Token) bool {
+	sa, sb := a.State(), b.State()
+	sa.Version, sa.ChainHead, sb.Version, sb.ChainHead = 0, domain.EventHash{}, 0, domain.EventHash{}
+	return reflect.DeepEqual(sa, sb)
+}
+
+// decideAndAppend decides the command on tok (stored up to stream sequence
+// last) and appends its event.
+func (l *Ledger) decideAndAppend(ctx context.Context, c Caller, op domain.Operation, tok *domain.Token, last uint64, env domain.Env, decide decision) (Result, error) {
 	// The domain applies its event to the token it decides on: next becomes
 	// the state after the command, tok stays the state before.
 	next := tok.Clone()
 	e, secret, changed, err := decide(next, env)
 	if err != nil {
-		return Result{}, fmt.Errorf("token %s: %w", id, err)
+		return Result{}, fmt.Errorf("token %s: %w", tok.ID(), err)
 	}
 	if err := domain.Authorize(c.Token, op, tok, next); err != nil {
 		return Result{}, err // a role above the caller's own
@@ -410,7 +446,7 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 		// Serialise owner changes in an organization, and judge them on a view
 		// that has caught up with the stream, so neither two owners removing
 		// each other at once nor a view that lags can let the last one go.
-		release, err := l.lockOwners(ctx, c.org())
+		release, err := l.lock(ctx, "owners/"+c.org())
 		if err != nil {
 			return Result{}, err
 		}
@@ -428,7 +464,7 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 // keepAnOwner refuses a change that would leave the organization without an
 // active ORGANIZATION_OWNER token that never expires: nobody could manage it
 // any more, and the bootstrap token is only made for an empty stream. The
-// check holds within one ledger process (see lockOwners); ledgers sharing a
+// check holds within one ledger process (see lock); ledgers sharing a
 // stream could still race past it.
 func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
@@ -457,15 +493,17 @@ func lastingOwner(t projections.Listed, now time.Time) bool {
 		t.Token.ExpiresAt().IsZero() && !t.Quarantined
 }
 
-// lockOwners takes the organization's owner lock, or gives up when ctx ends.
-func (l *Ledger) lockOwners(ctx context.Context, org string) (release func(), err error) {
-	v, _ := l.ownerLocks.LoadOrStore(org, make(chan struct{}, 1))
+// lock takes one of the ledger's named locks (an organization's owner
+// changes, a deployment's first token), or gives up when ctx ends. Ids hold
+// no "/", so names cannot collide.
+func (l *Ledger) lock(ctx context.Context, name string) (release func(), err error) {
+	v, _ := l.locks.LoadOrStore(name, make(chan struct{}, 1))
 	lock := v.(chan struct{})
 	select {
 	case lock <- struct{}{}:
 		return func() { <-lock }, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: waiting for another owner change: %w", ErrUnavailable, ctx.Err())
+		return nil, fmt.Errorf("%w: waiting for another change (%s): %w", ErrUnavailable, name, ctx.Err())
 	}
 }
 
@@ -526,6 +564,11 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *do
 }
 
 func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a projections.Applied) (Result, error) {
+	if tok, _, ok := l.view.Get(c.org(), a.TokenID); ok && !domain.CanRead(c.Token, tok) {
+		// Keys are the organization's: another caller's key must not tell
+		// this one about a token it cannot see, not even its id.
+		return Result{}, domain.Invalid("idempotency_key", "already used for another command")
+	}
 	sameTarget := a.TokenID == e.TokenID || e.Type == domain.TokenCreated
 	if a.Type != e.Type || !sameTarget {
 		return Result{}, domain.Invalid("idempotency_key", fmt.Sprintf("already used for another command (%s on %s)", a.Type, a.TokenID))
@@ -536,12 +579,7 @@ func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a project
 	if err := l.waitFor(ctx, a.Sequence); err != nil {
 		return Result{}, err
 	}
-	tok, _, ok := l.view.Get(c.org(), a.TokenID)
-	if ok && !domain.CanRead(c.Token, tok) {
-		// Keys are the organization's: another caller's key must not show
-		// a token this one cannot see.
-		return Result{}, domain.Invalid("idempotency_key", "already used for another command")
-	}
+	tok, _, _ := l.view.Get(c.org(), a.TokenID)
 	return Result{Token: tok, Sequence: a.Sequence, Replayed: true}, nil
 }
 

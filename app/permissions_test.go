@@ -151,12 +151,13 @@ func (p *permissions) actor(row string) app.Caller {
 // kinds are the matrix's columns: what a token of the column is created
 // with, and whether it is another organization's.
 var kinds = map[string]domain.CreateToken{
-	"workspace token in W1":             {Scope: "workspace", WorkspaceID: "w1", Name: "target", Role: "WORKSPACE_MEMBER"},
-	"deployment token in W1":            {Scope: "deployment", WorkspaceID: "w1", DeploymentID: "d1", Name: "target"},
-	"organization token assigned to W1": {Scope: "organization", Name: "target", Role: "ORGANIZATION_MEMBER"},
-	"workspace token in W2":             {Scope: "workspace", WorkspaceID: "w2", Name: "target", Role: "WORKSPACE_MEMBER"},
-	"deployment token in W2":            {Scope: "deployment", WorkspaceID: "w2", DeploymentID: "d2", Name: "target"},
-	"token of another organization":     {OrganizationID: "globex", Scope: "workspace", WorkspaceID: "w1", Name: "target"},
+	"workspace token in W1":                 {Scope: "workspace", WorkspaceID: "w1", Name: "target", Role: "WORKSPACE_MEMBER"},
+	"deployment token in W1":                {Scope: "deployment", WorkspaceID: "w1", DeploymentID: "d1", Name: "target"},
+	"organization token assigned to W1":     {Scope: "organization", Name: "target", Role: "ORGANIZATION_MEMBER"},
+	"organization token not assigned to W1": {Scope: "organization", Name: "target", Role: "ORGANIZATION_MEMBER"},
+	"workspace token in W2":                 {Scope: "workspace", WorkspaceID: "w2", Name: "target", Role: "WORKSPACE_MEMBER"},
+	"deployment token in W2":                {Scope: "deployment", WorkspaceID: "w2", DeploymentID: "d2", Name: "target"},
+	"token of another organization":         {OrganizationID: "globex", Scope: "workspace", WorkspaceID: "w1", Name: "target"},
 }
 
 // target makes the column's token for actor to act on.
@@ -291,7 +292,7 @@ func TestPermissionMatrix(t *testing.T) {
 
 // orgTokenColumn: the column's token is an organization token.
 func orgTokenColumn(column, row string) bool {
-	return column == "organization token assigned to W1" ||
+	return column == "organization token assigned to W1" || column == "organization token not assigned to W1" ||
 		column == "its own token" && strings.HasPrefix(row, "ORGANIZATION_")
 }
 
@@ -393,5 +394,63 @@ func TestVerifyAnswersUnknownForTokensOutOfReach(t *testing.T) {
 	v, err = p.ledger.Verify(p.ctx, p.actor("ORGANIZATION_MEMBER"), res.Secret.Reveal())
 	if err != nil || v.Outcome != projections.OutcomeActive || v.Token() == nil {
 		t.Errorf("an organization member verifying a w2 secret: %v (%v)", v.Outcome, err)
+	}
+}
+
+// A retry is judged like the first attempt: repeating another caller's keyed
+// create does not answer with its token when the caller could not have
+// created it, and a key used on a token the caller may not read says
+// nothing about that token.
+func TestAReplayIsNoWayAround(t *testing.T) {
+	p := newPermissions(t)
+	cmd := domain.CreateToken{Scope: "workspace", WorkspaceID: "w1", Name: "boss", Role: "WORKSPACE_OWNER"}
+	first, err := p.ledger.CreateToken(p.ctx, p.owner, cmd, "owner-key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator := p.actor("WORKSPACE_OPERATOR")
+	before := p.sequence()
+	_, err = p.ledger.CreateToken(p.ctx, operator, cmd, "owner-key-1")
+	var forbidden *app.ForbiddenError
+	if !errors.As(err, &forbidden) || p.sequence() != before {
+		t.Fatalf("an operator repeating the owner's keyed create of a workspace owner: %v, want 403 and nothing written", err)
+	}
+	w2 := p.make(domain.CreateToken{Scope: "workspace", WorkspaceID: "w2", Name: "w2 owner", Role: "WORKSPACE_OWNER"})
+	depW2 := p.make(domain.CreateToken{Scope: "deployment", WorkspaceID: "w2", DeploymentID: "d2", Name: "d2"})
+	if _, err := p.ledger.RotateToken(p.ctx, app.Caller{Token: w2}, depW2.ID(), "w2-key"); err != nil {
+		t.Fatal(err)
+	}
+	w1Operator := p.actor("WORKSPACE_OPERATOR")
+	depW1 := p.make(domain.CreateToken{Scope: "deployment", WorkspaceID: "w1", DeploymentID: "d1", Name: "d1"})
+	before = p.sequence()
+	_, err = p.ledger.RotateToken(p.ctx, w1Operator, depW1.ID(), "w2-key")
+	if err == nil || strings.Contains(err.Error(), depW2.ID()) || strings.Contains(err.Error(), "TokenRotated") || p.sequence() != before {
+		t.Fatalf("another workspace's key: %v, want a refusal that names nothing of it, and nothing written", err)
+	}
+	if first.Token == nil {
+		t.Fatal("the owner's create answered no token")
+	}
+}
+
+// A deployment stays in its workspace after its tokens are gone.
+func TestADeploymentKeepsItsWorkspaceWhenItsTokensAreGone(t *testing.T) {
+	p := newPermissions(t)
+	etl := p.make(domain.CreateToken{Scope: "deployment", WorkspaceID: "w1", DeploymentID: "etl-prod", Name: "etl"})
+	if _, err := p.ledger.DeleteToken(p.ctx, p.owner, etl.ID(), ""); err != nil {
+		t.Fatal(err)
+	}
+	operator := p.make(domain.CreateToken{Scope: "workspace", WorkspaceID: "w2", Name: "w2 operator", Role: "WORKSPACE_OPERATOR"})
+	before := p.sequence()
+	_, err := p.ledger.CreateToken(p.ctx, app.Caller{Token: operator}, domain.CreateToken{Scope: "deployment", WorkspaceID: "w2", DeploymentID: "etl-prod", Name: "taken over"}, "")
+	var state *domain.StateError
+	if !errors.As(err, &state) || state.Field != "deployment_id" || strings.Contains(state.Rule, "w1") {
+		t.Fatalf("a deployment whose tokens are deleted, claimed by another workspace: %v, want a conflict on deployment_id that does not name w1", err)
+	}
+	if after := p.sequence(); after != before {
+		t.Errorf("the stream moved from %d to %d", before, after)
+	}
+	// Its own workspace may still give it tokens.
+	if _, err := p.ledger.CreateToken(p.ctx, p.owner, domain.CreateToken{Scope: "deployment", WorkspaceID: "w1", DeploymentID: "etl-prod", Name: "etl again"}, ""); err != nil {
+		t.Fatal(err)
 	}
 }

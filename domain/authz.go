@@ -167,7 +167,7 @@ func Authorize(actor *Token, op Operation, before, after *Token) error {
 		if actor.scope == ScopeDeployment {
 			return forbid("token_id", "a %s reads its own token only", RoleDeploymentAdmin)
 		}
-		return forbid("token_id", "%s does not reach %s", who(actor), where(t))
+		return forbid("token_id", "%s may not read this token: it acts in another workspace, or is an organization token not assigned to this one's", who(actor))
 	}
 	if actor.role == RoleOrganizationOwner {
 		return nil
@@ -210,12 +210,4 @@ func Authorize(actor *Token, op Operation, before, after *Token) error {
 		return forbid(target, "a %s manages the deployment tokens of workspace %s only", RoleWorkspaceOperator, t.workspaceID)
 	}
 	return forbid("Authorization", "a %s reads the tokens of workspace %s, but does not change them", role, t.workspaceID)
-}
-
-// where names the place a token acts at, for a rule.
-func where(t *Token) string {
-	if t.scope == ScopeOrganization {
-		return "organization tokens not assigned to its workspace"
-	}
-	return "the tokens of workspace " + t.workspaceID
 }

@@ -138,10 +138,10 @@ func (l *failureLimiter) fail(key netip.Addr, now time.Time) (exhausted bool) {
 		}
 		l.tracked.Add(1)
 	}
+	// Every failure costs an interval, uncapped: failures that raced past
+	// blocked together pay for each of them, or a burst of parallel guesses
+	// would cost one interval.
 	full = max(full, t) + l.interval
-	// Failures that raced past blocked together must not push the source
-	// further out than a whole burst.
-	full = min(full, t+l.burst*l.interval)
 	sh.full[key] = full
 	return full-t > (l.burst-1)*l.interval
 }

@@ -258,6 +258,22 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		v.byKey[key] = ent
 		v.reindex(ent, indexed{}, "")
 	}
+	// A deployment belongs to the workspace of its first token; the
+	// snapshot keeps tokens, not their order, so take the earliest.
+	first := make(map[tokenKey]*domain.Token)
+	for _, ent := range v.byKey {
+		t := ent.token
+		if t.Scope() != domain.ScopeDeployment {
+			continue
+		}
+		key := tokenKey{t.OrganizationID(), t.DeploymentID()}
+		if f := first[key]; f == nil || t.CreatedAt().Before(f.CreatedAt()) {
+			first[key] = t
+		}
+	}
+	for _, t := range first {
+		v.bindDeployment(t)
+	}
 	nr := d.count()
 	v.retired = make(map[domain.SecretHash]retiredSecret, nr)
 	for range nr {

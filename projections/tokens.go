@@ -26,6 +26,11 @@ type Tokens struct {
 	// role there (see places).
 	byPlace map[place]map[*entry]struct{}
 	retired map[domain.SecretHash]retiredSecret
+	// deployments binds each deployment (tokenKey{org, deployment id}) to the
+	// workspace its first token named, for good: the ledger knows
+	// deployments only through their tokens, and a deployment must not
+	// change workspace when its tokens are gone.
+	deployments map[tokenKey]string
 	// keyed remembers events written under an idempotency key, by event id, so a
 	// retried command is answered with what the first attempt did.
 	keyed map[string]Applied
@@ -104,7 +109,9 @@ func NewTokens() *Tokens {
 		byPlace: make(map[place]map[*entry]struct{}),
 		retired: make(map[domain.SecretHash]retiredSecret),
 		keyed:   make(map[string]Applied),
-		notify:  make(chan struct{}),
+
+		deployments: make(map[tokenKey]string),
+		notify:      make(chan struct{}),
 	}
 }
 
@@ -129,6 +136,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		ent = &entry{token: tok}
 		v.byKey[key] = ent
 		v.reindex(ent, indexed{}, e.Type)
+		v.bindDeployment(tok)
 	} else {
 		// The token changes in place, under the write lock: no reader keeps a
 		// pointer to it past its read lock (Get, List and the role view hand
@@ -154,6 +162,28 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 		v.keyed[e.ID] = Applied{Sequence: seq, TokenID: e.TokenID, Type: e.Type, RequestHash: e.RequestHash}
 	}
 	return nil
+}
+
+// bindDeployment records the workspace of t's deployment, if t is the
+// first token of it.
+func (v *Tokens) bindDeployment(t *domain.Token) {
+	if t.Scope() != domain.ScopeDeployment {
+		return
+	}
+	key := tokenKey{t.OrganizationID(), t.DeploymentID()}
+	if _, ok := v.deployments[key]; !ok {
+		v.deployments[key] = t.WorkspaceID()
+	}
+}
+
+// DeploymentWorkspace is the workspace deployment dep of org belongs to:
+// the one its first token named, whether or not any of its tokens still
+// acts.
+func (v *Tokens) DeploymentWorkspace(org, dep string) (string, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	ws, ok := v.deployments[tokenKey{org, dep}]
+	return ws, ok
 }
 
 // Refuse records that the message at stream sequence seq, stored on the
