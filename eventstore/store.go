@@ -139,7 +139,8 @@ type Appended struct {
 
 // Append stores e, provided the token's last stored event is at stream sequence
 // expectedLast (0 for a new token). The event id becomes Nats-Msg-Id, so a
-// retried command with the same id is stored once.
+// retried command with the same id is stored once. The message is a CloudEvent
+// too (cloudevents.go).
 func (s *Store) Append(ctx context.Context, e domain.Event, expectedLast uint64) (Appended, error) {
 	return s.publish(ctx, e, jetstream.WithExpectLastSequenceForSubject(expectedLast, s.tokenSubject(e.OrganizationID, e.TokenID)+".*"))
 }
@@ -155,7 +156,11 @@ func (s *Store) publish(ctx context.Context, e domain.Event, expect jetstream.Pu
 	if err != nil {
 		return Appended{}, fmt.Errorf("encode %s: %w", e.Type, err)
 	}
-	ack, err := s.js.Publish(ctx, s.Subject(e), body,
+	msg, err := newEventMsg(s.Subject(e), e, body)
+	if err != nil {
+		return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, err)
+	}
+	ack, err := s.js.PublishMsg(ctx, msg,
 		jetstream.WithMsgID(e.ID),
 		jetstream.WithExpectStream(s.cfg.Stream),
 		expect,
