@@ -118,5 +118,6 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) s
 	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv, started))
 	root.AddCommand(newRolesCmd(stdout, getenv, started))
 	root.AddCommand(newAuditCmd(stdout, stderr, getenv, started))
+	root.AddCommand(newEventsCmd(stdout, stderr, getenv, started))
 	return root
 }

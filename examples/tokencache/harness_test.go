@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
+	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+// ledgerRig is a whole ledger as `ledger serve` runs it: an embedded NATS
+// server locked down (the service connects as an anonymous service user,
+// which may only read and consume), the ledger writing as its own user, and
+// the HTTP API on httptest.
+type ledgerRig struct {
+	ledger  *app.Ledger
+	owner   app.Caller // acme's bootstrap ORGANIZATION_OWNER
+	api     *httptest.Server
+	natsURL string
+	// wrap, if set, stands between the API and its callers (see
+	// TestAnAnswerFromBeforeADropIsNotKept).
+	wrap atomic.Pointer[func(http.Handler) http.Handler]
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func startLedgerRig(tb testing.TB) *ledgerRig {
+	tb.Helper()
+	password := rand.Text()
+	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{
+		StoreDir: tb.TempDir(), Listen: "127.0.0.1:0", ServerName: "ledger", LedgerPassword: password,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.UserInfo(eventstore.LedgerUser, password),
+		nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx := ctxFor(tb)
+	store, err := eventstore.Open(ctx, js, eventstore.DefaultConfig())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	view := projections.NewTokens()
+	ledger := app.New(store, view)
+	tb.Cleanup(app.Feed(store, view, nil))
+	tb.Cleanup(func() { _ = ledger.Close() })
+	owner, _, err := ledger.Bootstrap(ctx, "acme", nil)
+	if err != nil || owner == nil {
+		tb.Fatalf("bootstrap: %v", err)
+	}
+	r := &ledgerRig{ledger: ledger, owner: app.Caller{Token: owner}, natsURL: ns.ClientURL()}
+	h := httpapi.NewServer(ledger, quiet, nil)
+	r.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if wrap := r.wrap.Load(); wrap != nil {
+			(*wrap)(h).ServeHTTP(w, req)
+			return
+		}
+		h.ServeHTTP(w, req)
+	}))
+	tb.Cleanup(r.api.Close)
+	return r
+}
+
+// create makes a token in acme as its owner and returns its id and secret.
+func (r *ledgerRig) create(tb testing.TB, cmd domain.CreateToken) (id, secret string) {
+	tb.Helper()
+	cmd.OrganizationID = "acme"
+	res, err := r.ledger.CreateToken(ctxFor(tb), r.owner, cmd, "")
+	if err != nil {
+		tb.Fatalf("create %+v: %v", cmd, err)
+	}
+	return res.Token.ID(), res.Secret.Reveal()
+}
+
+// runningService is the example service, subscribed, serving on httptest.
+type runningService struct {
+	*service
+	url string
+	// drops gets every Dropped of the cache (its OnDrop hook).
+	drops chan Dropped
+}
+
+// startService runs the service as main does, with its own token (an
+// ORGANIZATION_MEMBER: it may read, so verify, every token of acme), and
+// returns once the cache is live.
+func startService(tb testing.TB, r *ledgerRig, durable string) *runningService {
+	tb.Helper()
+	_, secret := r.create(tb, domain.CreateToken{Scope: "organization", Name: "tokencache", Role: "ORGANIZATION_MEMBER"})
+	ctx, cancel := context.WithCancel(context.Background())
+	svc, err := newService(ctx, config{
+		ledgerURL: r.api.URL, apiToken: secret, natsURL: r.natsURL, durable: durable, maxAge: time.Hour,
+	}, quiet)
+	if err != nil {
+		cancel()
+		tb.Fatal(err)
+	}
+	dropped := make(chan Dropped, 1024)
+	svc.cache.OnDrop = func(d Dropped) { dropped <- d }
+	done := make(chan error, 1)
+	go func() { done <- svc.run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("service run: %v", err)
+		}
+	})
+	select {
+	case <-svc.live:
+	case err := <-done:
+		tb.Fatalf("service stopped before it was live: %v", err)
+	case <-time.After(20 * time.Second):
+		tb.Fatal("service not live after 20 s")
+	}
+	srv := httptest.NewServer(svc.handler)
+	tb.Cleanup(srv.Close)
+	return &runningService{service: svc, url: srv.URL, drops: dropped}
+}
+
+// whoami calls the service's API with secret and returns the status and,
+// on 200, the token id and role it answered with.
+func (s *runningService) whoami(tb testing.TB, secret string) (int, string) {
+	tb.Helper()
+	code, who, err := s.get(secret)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return code, who
+}
+
+func (s *runningService) get(secret string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, s.url+"/v1/whoami", nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		TokenID string `json:"token_id"`
+		Role    string `json:"role"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, "", nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return 0, "", err
+	}
+	return resp.StatusCode, body.TokenID + " " + body.Role, nil
+}
+
+// waitDrop waits for the cache to act on typ for token id.
+func (s *runningService) waitDrop(tb testing.TB, id string, typ domain.EventType) Dropped {
+	tb.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case d := <-s.drops:
+			if d.TokenID == id && d.EventType == typ {
+				return d
+			}
+		case <-deadline:
+			tb.Fatalf("no %s of %s reached the cache within 20 s", typ, id)
+		}
+	}
+}
+
+func ctxFor(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
