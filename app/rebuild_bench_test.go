@@ -3,7 +3,6 @@ package app_test
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -178,11 +177,10 @@ func fill(b *testing.B, js jetstream.JetStream, store *eventstore.Store, n, orgs
 			Actor: domain.Actor{TokenID: "tok_bench", RequestID: "req", SourceIP: "127.0.0.1", UserAgent: "bench"}}
 	}
 	publish := func(e domain.Event) {
-		body, err := json.Marshal(e)
+		msg, err := store.Message(e) // as Append stores it: CloudEvents headers and all
 		if err != nil {
 			b.Fatal(err)
 		}
-		msg := &nats.Msg{Subject: store.Subject(e), Data: body, Header: nats.Header{}}
 		msg.Header.Set(jetstream.MsgIDHeader, e.ID)
 		if _, err := js.PublishMsgAsync(msg); err != nil {
 			b.Fatal(err)
