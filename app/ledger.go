@@ -627,6 +627,17 @@ func clip(s string) string {
 // caller may not read (another organization's, another workspace's) is
 // answered as unknown, so verify tells nobody what they could not look up.
 func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projections.Verdict, error) {
+	return l.VerifyAfter(ctx, c, secret, 0)
+}
+
+// VerifyAfter is Verify on a view that has reached stream sequence minSeq:
+// a service that has seen an event (a rotation, say) asks for an answer
+// that takes it into account, whichever ledger it asks and however far
+// behind that ledger's view is.
+func (l *Ledger) VerifyAfter(ctx context.Context, c Caller, secret string, minSeq uint64) (projections.Verdict, error) {
+	if err := l.waitForRead(ctx, minSeq); err != nil {
+		return projections.Verdict{}, err
+	}
 	v := l.view.Verify(secret, l.now())
 	if t := v.Token(); t != nil && !domain.CanRead(c.Token, t) {
 		return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil

@@ -495,3 +495,27 @@ func TestTheOnlyOwnerCannotBeDeletedOrDemoted(t *testing.T) {
 		t.Fatalf("delete with another owner left: %v", err)
 	}
 }
+
+// A verify with min_sequence is answered by a view that has reached it: a
+// service passing the sequence of a rotation it has seen gets an answer
+// that knows of the rotation; a sequence the stream never reached is
+// refused on its field.
+func TestVerifyAfterASequence(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxT(t)
+	c := h.client(h.owner)
+	tok := h.create(httpapi.CreateRequest{Scope: "WORKSPACE", Name: "w", WorkspaceID: "w1"})
+	rot, err := c.RotateToken(ctx, tok.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.VerifyAfter(ctx, tok.Secret, rot.Sequence)
+	if err != nil || v.Valid || v.Status != "rotated" {
+		t.Fatalf("the old secret after its rotation's sequence: %+v, %v", v, err)
+	}
+	_, err = c.VerifyAfter(ctx, rot.Secret, h.lastSeq()+1000)
+	var p *httpapi.Problem
+	if !errors.As(err, &p) || p.Status != 400 || !strings.Contains(p.Detail, "min_sequence") {
+		t.Fatalf("a sequence beyond the stream: %v, want 400 on min_sequence", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -199,8 +200,19 @@ func (c *Client) DeleteToken(ctx context.Context, id string) (Token, error) {
 
 // Verify checks a secret.
 func (c *Client) Verify(ctx context.Context, secret string) (Verification, error) {
+	return c.VerifyAfter(ctx, secret, 0)
+}
+
+// VerifyAfter is Verify answered by a view that has reached stream sequence
+// minSeq (0: any): pass the last event sequence you have seen, and the answer
+// takes that event into account.
+func (c *Client) VerifyAfter(ctx context.Context, secret string, minSeq uint64) (Verification, error) {
+	path := "/v1/verify"
+	if minSeq > 0 {
+		path += "?min_sequence=" + strconv.FormatUint(minSeq, 10)
+	}
 	var v Verification
-	err := c.do(ctx, http.MethodPost, "/v1/verify", VerifyRequest{Token: secret}, nil, &v)
+	err := c.do(ctx, http.MethodPost, path, VerifyRequest{Token: secret}, nil, &v)
 	return v, err
 }
 

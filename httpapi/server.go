@@ -660,7 +660,11 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, c app.Caller) er
 	if strings.TrimSpace(req.Token) == "" {
 		return domain.Invalid("token", "required: the secret to verify")
 	}
-	v, err := s.ledger.Verify(r.Context(), c, strings.TrimSpace(req.Token))
+	min, err := minSequence(r)
+	if err != nil {
+		return err
+	}
+	v, err := s.ledger.VerifyAfter(r.Context(), c, strings.TrimSpace(req.Token), min)
 	if err != nil {
 		return err
 	}

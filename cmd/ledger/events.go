@@ -154,6 +154,12 @@ func tail(ctx context.Context, o tailOptions, filters []string, stdout, stderr i
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { warn("reconnected to NATS at %s", o.natsURL) }),
+		// Errors the server sends (a service may not delete the consumer
+		// an ordered consumer replaces, say) go through the command's own
+		// warnings, not nats.go's default print to the process's stderr.
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			warn("NATS: %v", err)
+		}),
 	)
 	if err != nil {
 		return &exitError{code: exitNoReach, msg: fmt.Sprintf("error: NATS at %s: %v (is `ledger serve` running? set --nats-url or LEDGER_NATS_URL)", o.natsURL, err)}

@@ -53,6 +53,13 @@ type Cache struct {
 	dropAll  uint64
 	inflight int
 
+	// seen is the highest stream sequence of the events received. A miss
+	// asks the ledger for an answer that takes it into account: a ledger
+	// whose view lags (it may, by seconds) would otherwise still call a
+	// secret active after the cache has dropped it for a rotation, and the
+	// cache would keep that answer.
+	seen atomic.Uint64
+
 	hits, misses, dropped, events atomic.Uint64
 }
 
@@ -114,7 +121,7 @@ func (c *Cache) Verify(ctx context.Context, secret string) (httpapi.Verification
 	c.misses.Add(1)
 
 	ctx, cancel := context.WithTimeout(ctx, c.fillTimeout)
-	v, err := c.ledger.Verify(ctx, secret)
+	v, err := c.ledger.VerifyAfter(ctx, secret, c.seen.Load())
 	cancel()
 
 	c.mu.Lock()
@@ -217,6 +224,11 @@ func (c *Cache) Subscribe(s *subscriber.Subscriber) {
 }
 
 func (c *Cache) dropFor(e subscriber.Event) error {
+	for {
+		if old := c.seen.Load(); e.Sequence <= old || c.seen.CompareAndSwap(old, e.Sequence) {
+			break
+		}
+	}
 	c.Drop(e.TokenID, e.Type, e.Sequence)
 	return nil
 }

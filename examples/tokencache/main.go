@@ -166,6 +166,14 @@ func newService(ctx context.Context, cfg config, log *slog.Logger) (*service, er
 func (s *service) run(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() { done <- s.sub.Run(ctx) }()
+	go func() {
+		// The cache's handlers never fail, so only an event that cannot be
+		// read is parked: say so, and keep the queue from filling (a full
+		// one would stall the subscription).
+		for m := range s.sub.Poisoned() {
+			s.cache.log.Error("token event parked unread", "event_id", m.UUID, "reason", m.Metadata.Get("reason_poisoned"))
+		}
+	}()
 	select {
 	case <-s.sub.Running():
 		s.cache.SetLive(true)
