@@ -85,6 +85,10 @@ func TestTwoDurablesEachGetEveryEventInOrderPerToken(t *testing.T) {
 
 func TestAStoppedDurableCatchesUpWithNothingLostOrSkipped(t *testing.T) {
 	h := newHarness(t)
+	// Another service, with a durable of its own, runs throughout: one
+	// stopping does not hold it back.
+	steady := newCollector()
+	h.start(t, subscriber.Config{Durable: "steady", Start: subscriber.StartFirst()}, func(s *subscriber.Subscriber) { s.OnAny(steady.handle) })
 	const durable = "restarts"
 	first := newCollector()
 	stopAt := 30 // the handler stops the subscriber while handling this event
@@ -178,6 +182,9 @@ func TestAStoppedDurableCatchesUpWithNothingLostOrSkipped(t *testing.T) {
 	all := append(got1, got2...)
 	checkContiguous(t, "both runs", all, 1, last)
 	checkOrderPerToken(t, "both runs", all)
+	gotSteady := steady.waitFor(t, last)
+	checkContiguous(t, "the durable that kept running", gotSteady, 1, last)
+	checkOrderPerToken(t, "the durable that kept running", gotSteady)
 	for _, e := range got2[1:] {
 		if e.Delivered != 1 {
 			t.Fatalf("sequence %d delivered %d times; only the first after the restart may have reached the stopping subscriber", e.Sequence, e.Delivered)
