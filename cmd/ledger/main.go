@@ -119,5 +119,6 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) s
 	root.AddCommand(newRolesCmd(stdout, getenv, started))
 	root.AddCommand(newAuditCmd(stdout, stderr, getenv, started))
 	root.AddCommand(newEventsCmd(stdout, stderr, getenv, started))
+	root.AddCommand(newBenchCmd(stdout, stderr, started))
 	return root
 }
