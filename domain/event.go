@@ -1,8 +1,10 @@
 package domain
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -202,4 +204,28 @@ func derefData(d EventData) EventData {
 		return *v
 	}
 	return d
+}
+
+// ShownData is an event's data as people and services outside the ledger
+// are shown it (the API's history, `ledger events tail`): every field but
+// the secret's hashes. Any field whose name mentions a hash is left out, so
+// a hash added to an event later is not shown by accident; fingerprints
+// stay.
+func ShownData(d EventData) (map[string]any, error) {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	out := map[string]any{}
+	if err := dec.Decode(&out); err != nil {
+		return nil, err
+	}
+	for k := range out {
+		if strings.Contains(k, "hash") {
+			delete(out, k)
+		}
+	}
+	return out, nil
 }

@@ -4,12 +4,9 @@
 package httpapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -247,7 +244,7 @@ func holdingJSON(h projections.Holding, workspaceID string) Holding {
 }
 
 func historyJSON(seq uint64, e domain.Event) (HistoryEvent, error) {
-	data, err := historyData(e.Data)
+	data, err := domain.ShownData(e.Data)
 	if err != nil {
 		return HistoryEvent{}, fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)
 	}
@@ -263,28 +260,6 @@ func historyJSON(seq uint64, e domain.Event) (HistoryEvent, error) {
 		UserAgent:    e.Actor.UserAgent,
 		Data:         data,
 	}, nil
-}
-
-// historyData is an event's data as the API shows it: every field but the
-// secret's hashes. Any field whose name mentions a hash is left out, so a
-// hash the domain adds later is not shown by accident; fingerprints stay.
-func historyData(d domain.EventData) (map[string]any, error) {
-	b, err := json.Marshal(d)
-	if err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	out := map[string]any{}
-	if err := dec.Decode(&out); err != nil {
-		return nil, err
-	}
-	for k := range out {
-		if strings.Contains(k, "hash") {
-			delete(out, k)
-		}
-	}
-	return out, nil
 }
 
 func verificationJSON(v projections.Verdict) Verification {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -251,7 +250,7 @@ func decodeTailed(subject, prefix string, body []byte, seq uint64) (tailLine, er
 	if len(parts) != 3 || parts[0] != e.OrganizationID || parts[1] != e.TokenID || parts[2] != string(e.Type) {
 		return tailLine{}, fmt.Errorf("the body is a %s of %s/%s, not what its subject says", e.Type, e.OrganizationID, e.TokenID)
 	}
-	data, err := shownData(e.Data)
+	data, err := domain.ShownData(e.Data)
 	if err != nil {
 		return tailLine{}, err
 	}
@@ -275,28 +274,6 @@ func decodeTailed(subject, prefix string, body []byte, seq uint64) (tailLine, er
 		WorkspaceID:    e.WorkspaceID,
 		DeploymentID:   e.DeploymentID,
 	}, nil
-}
-
-// shownData is an event's data without the secret's hashes, decided as the
-// API's history does (httpapi historyData): any field whose name mentions a
-// hash is left out, so one the domain adds later is not printed by accident.
-func shownData(d domain.EventData) (map[string]any, error) {
-	b, err := json.Marshal(d)
-	if err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	out := map[string]any{}
-	if err := dec.Decode(&out); err != nil {
-		return nil, err
-	}
-	for k := range out {
-		if strings.Contains(k, "hash") {
-			delete(out, k)
-		}
-	}
-	return out, nil
 }
 
 // textLine is one event for a person: when, where in the stream, what, to
