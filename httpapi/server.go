@@ -553,7 +553,7 @@ func (s *Server) tokenHistory(w http.ResponseWriter, r *http.Request, c app.Call
 	}
 	out := History{TokenID: id, Events: make([]HistoryEvent, len(recs))}
 	for i, rec := range recs {
-		if out.Events[i], err = historyJSON(rec.Sequence, rec.Event); err != nil {
+		if out.Events[i], err = HistoryEventOf(rec.Sequence, rec.Event); err != nil {
 			return err
 		}
 		out.Sequence = rec.Sequence

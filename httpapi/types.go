@@ -243,7 +243,9 @@ func holdingJSON(h projections.Holding, workspaceID string) Holding {
 	return out
 }
 
-func historyJSON(seq uint64, e domain.Event) (HistoryEvent, error) {
+// HistoryEventOf is the event stored at stream sequence seq as the API's
+// history shows it (no secret hash); `ledger events tail` prints the same.
+func HistoryEventOf(seq uint64, e domain.Event) (HistoryEvent, error) {
 	data, err := domain.ShownData(e.Data)
 	if err != nil {
 		return HistoryEvent{}, fmt.Errorf("event %s at sequence %d: %w", e.ID, seq, err)

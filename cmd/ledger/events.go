@@ -250,23 +250,12 @@ func decodeTailed(subject, prefix string, body []byte, seq uint64) (tailLine, er
 	if len(parts) != 3 || parts[0] != e.OrganizationID || parts[1] != e.TokenID || parts[2] != string(e.Type) {
 		return tailLine{}, fmt.Errorf("the body is a %s of %s/%s, not what its subject says", e.Type, e.OrganizationID, e.TokenID)
 	}
-	data, err := domain.ShownData(e.Data)
+	hist, err := httpapi.HistoryEventOf(seq, e)
 	if err != nil {
 		return tailLine{}, err
 	}
 	return tailLine{
-		HistoryEvent: httpapi.HistoryEvent{
-			Sequence:     seq,
-			EventID:      e.ID,
-			EventType:    e.Type,
-			OccurredAt:   e.OccurredAt,
-			Version:      e.Version,
-			ActorTokenID: e.Actor.TokenID,
-			RequestID:    e.Actor.RequestID,
-			SourceIP:     e.Actor.SourceIP,
-			UserAgent:    e.Actor.UserAgent,
-			Data:         data,
-		},
+		HistoryEvent:   hist,
 		OrganizationID: e.OrganizationID,
 		TokenID:        e.TokenID,
 		TokenName:      e.TokenName,
