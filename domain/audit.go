@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -113,7 +112,7 @@ func (d *details) appendJSON(b []byte) []byte {
 			b = append(b, ',', '"')
 			b = append(b, key...)
 			b = append(b, '"', ':')
-			b = appendJSONString(b, *v)
+			b = AppendJSONString(b, *v, true)
 		}
 	}
 	str("name", d.Name)
@@ -134,23 +133,9 @@ func (d *details) appendJSON(b []byte) []byte {
 	}
 	if d.PreviousFingerprint != "" {
 		b = append(b, `,"previous_fingerprint":`...)
-		b = appendJSONString(b, d.PreviousFingerprint)
+		b = AppendJSONString(b, d.PreviousFingerprint, true)
 	}
 	return append(b, '}')
-}
-
-// appendJSONString appends s quoted as encoding/json quotes it: plain text
-// directly, anything it would escape through encoding/json itself.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string: cannot fail
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }
 
 // ChainHash is the hex SHA-256 that links a record into its token's chain.

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tokenledger/tokenledger/domain"
 )
 
 // Manifest describes one export file. It is signed (SignManifest) and kept
@@ -203,11 +205,11 @@ func (s *Summary) writeChains(w io.Writer) error {
 		line = append(line, "\n      "...)
 		c := s.chain(t)
 		line = append(line, `{"token_id":`...)
-		line = appendJSONString(line, c.TokenID)
+		line = domain.AppendJSONString(line, c.TokenID, false)
 		line = append(line, `,"prev_hash":`...)
-		line = appendJSONString(line, c.PrevHash)
+		line = domain.AppendJSONString(line, c.PrevHash, false)
 		line = append(line, `,"head":`...)
-		line = appendJSONString(line, c.Head)
+		line = domain.AppendJSONString(line, c.Head, false)
 		line = append(line, `,"rows":`...)
 		line = strconv.AppendInt(line, c.Rows, 10)
 		line = append(line, '}')

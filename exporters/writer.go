@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tokenledger/tokenledger/domain"
 )
@@ -154,98 +153,7 @@ func appendField(b []byte, key, v string, optional bool) []byte {
 	if optional && v == "" {
 		return append(b, "null"...)
 	}
-	return appendJSONString(b, v)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// SWAR constants: one bit per byte of a 64-bit word.
-const (
-	lsbs = 0x0101010101010101
-	msbs = 0x8080808080808080
-)
-
-// plain8 reports whether none of the 8 bytes in x needs attention: no control
-// character, quote, backslash or non-ASCII byte. The zero-byte tests may flag
-// a byte wrongly, but only next to one that is truly flagged, so a true
-// result is exact.
-func plain8(x uint64) bool {
-	ctl := (x - lsbs*0x20) &^ x
-	q := x ^ (lsbs * '"')
-	q = (q - lsbs) &^ q
-	bs := x ^ (lsbs * '\\')
-	bs = (bs - lsbs) &^ bs
-	return (ctl|q|bs|x)&msbs == 0
-}
-
-// appendJSONString appends s as a JSON string, escaped as encoding/json does
-// (without its HTML escaping, which only matters inside a web page): quote,
-// backslash and control characters escaped, U+2028 and U+2029 escaped for
-// JavaScript, and each byte of invalid UTF-8 replaced by U+FFFD. The result is
-// valid JSON for any input; only invalid UTF-8 does not survive the trip,
-// which is why the ledger stores header values as valid UTF-8.
-//
-// Ids, hashes and most names need no escaping, so it skips 8 plain bytes at a
-// time and copies runs of them at once.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		if i+8 <= len(s) {
-			w := s[i : i+8]
-			x := uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
-				uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56
-			if plain8(x) {
-				i += 8
-				continue
-			}
-		}
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return domain.AppendJSONString(b, v, false)
 }
 
 // appendTime appends t in domain.AuditTimeLayout ("2006-01-02T15:04:05.000000Z"
