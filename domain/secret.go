@@ -2,12 +2,13 @@ package domain
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"math/big"
+	"math/bits"
 )
 
 // A secret looks like  tlo_<43 base62 chars><6 base62 chars>
@@ -123,22 +124,32 @@ func NewSecret(s Scope, r io.Reader) (Secret, error) {
 	}
 	buf := make([]byte, 0, SecretLen)
 	buf = append(buf, prefix...)
-	buf = appendBase62(buf, new(big.Int).SetBytes(raw[:]), secretBodyLen)
+	body := []uint64{
+		binary.BigEndian.Uint64(raw[0:]), binary.BigEndian.Uint64(raw[8:]),
+		binary.BigEndian.Uint64(raw[16:]), binary.BigEndian.Uint64(raw[24:]),
+	}
+	buf = appendBase62(buf, body, secretBodyLen)
 	sum := crc32.ChecksumIEEE(buf)
-	buf = appendBase62(buf, new(big.Int).SetUint64(uint64(sum)), secretSumLen)
+	buf = appendBase62(buf, []uint64{uint64(sum)}, secretSumLen)
 	return newSecret(string(buf)), nil
 }
 
-// appendBase62 writes n as exactly width base62 digits, most significant first.
-func appendBase62(dst []byte, n *big.Int, width int) []byte {
-	digits := make([]byte, width)
-	base := big.NewInt(62)
-	mod := new(big.Int)
+// appendBase62 writes the number whose 64-bit limbs, most significant first,
+// are n as exactly width base62 digits, most significant first, and leaves n
+// at the quotient. Schoolbook division by 62, a limb at a time: every create
+// and rotate makes a secret, and math/big's general division (allocating
+// for each digit) was a visible part of a command's CPU.
+func appendBase62(dst []byte, n []uint64, width int) []byte {
+	start := len(dst)
+	dst = append(dst, make([]byte, width)...)
 	for i := width - 1; i >= 0; i-- {
-		n.DivMod(n, base, mod)
-		digits[i] = base62[mod.Int64()]
+		var rem uint64
+		for j := range n {
+			n[j], rem = bits.Div64(rem, n[j], 62)
+		}
+		dst[start+i] = base62[rem]
 	}
-	return append(dst, digits...)
+	return dst
 }
 
 // CheckSecretFormat validates prefix, length, alphabet and checksum without
