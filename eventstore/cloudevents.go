@@ -81,21 +81,22 @@ func newEventMsg(subject string, e domain.Event, body []byte) (*nats.Msg, error)
 		// unlabelled, and subscribers filtering on ce-type would miss it.
 		return nil, fmt.Errorf("event type %q has no CloudEvents type", e.Type)
 	}
-	return &nats.Msg{
-		Subject: subject,
-		Data:    body,
-		Header: nats.Header{
-			HeaderSpecVersion: {CloudEventsSpecVersion},
-			HeaderID:          {e.ID},
-			HeaderSource:      {CloudEventSource(e.OrganizationID)},
-			HeaderType:        {ceType},
-			HeaderSubject:     {e.TokenID},
-			// Same instant as occurred_at, in the layout of the hash chain and
-			// the audit export: always six fractional digits, where the body's
-			// encoding/json form drops trailing zeros.
-			HeaderTime:            {e.OccurredAt.UTC().Format(domain.AuditTimeLayout)},
-			HeaderDataContentType: {"application/json"},
-			HeaderWatermillUUID:   {e.ID},
-		},
-	}, nil
+	// One backing array for the eight values and a map sized for them: a
+	// message per command, so its allocations show in the append rate.
+	v := [...]string{
+		CloudEventsSpecVersion, e.ID, CloudEventSource(e.OrganizationID), ceType, e.TokenID,
+		// Same instant as occurred_at, in the layout of the hash chain and
+		// the audit export: always six fractional digits, where the body's
+		// encoding/json form drops trailing zeros.
+		e.OccurredAt.UTC().Format(domain.AuditTimeLayout),
+		"application/json", e.ID,
+	}
+	h := make(nats.Header, len(v))
+	for i, k := range [len(v)]string{
+		HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderSubject,
+		HeaderTime, HeaderDataContentType, HeaderWatermillUUID,
+	} {
+		h[k] = v[i : i+1 : i+1]
+	}
+	return &nats.Msg{Subject: subject, Data: body, Header: h}, nil
 }

@@ -157,7 +157,7 @@ func (s *Store) AppendIfEmpty(ctx context.Context, e domain.Event) (Appended, er
 // fill a stream in bulk publish the same, so they read what the ledger
 // writes.
 func (s *Store) Message(e domain.Event) (*nats.Msg, error) {
-	body, err := json.Marshal(e)
+	body, err := encodeEvent(e)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", e.Type, err)
 	}
