@@ -111,6 +111,11 @@ func ParseExportQuery(get func(name string) []string, now time.Time) (ExportQuer
 // units (90m, 24h) and d for days (30d).
 func parseMoment(v string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		// The zero time means "unbounded" in an ExportQuery: taken as
+		// given, until=0001-01-01T00:00:00Z would export everything.
+		if t.IsZero() {
+			return time.Time{}, fmt.Errorf("must be later than 0001-01-01T00:00:00Z, got %q", v)
+		}
 		return t.UTC(), nil
 	}
 	var d time.Duration

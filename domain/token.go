@@ -592,11 +592,15 @@ func checkName(raw string) (string, string) {
 		return "", "required: 1-100 characters after trimming spaces"
 	case utf8.RuneCountInString(name) > MaxNameLen:
 		return "", fmt.Sprintf("at most %d characters (got %d)", MaxNameLen, utf8.RuneCountInString(name))
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		return "", "must not contain control characters"
+	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsControl(r) || hidesText(r) || r == '\u2028' || r == '\u2029' }) >= 0:
+		return "", "must not contain control characters (line separators and bidirectional controls included)"
 	}
 	return name, ""
 }
+
+// hidesText reports the bidirectional controls (U+202E and its kin), which
+// make a name or description display as other text than it holds.
+func hidesText(r rune) bool { return unicode.Is(unicode.Bidi_Control, r) }
 
 func checkDescription(d string) string {
 	switch {
@@ -604,8 +608,8 @@ func checkDescription(d string) string {
 		return "must be valid UTF-8"
 	case utf8.RuneCountInString(d) > MaxDescriptionLen:
 		return fmt.Sprintf("at most %d characters (got %d)", MaxDescriptionLen, utf8.RuneCountInString(d))
-	case strings.IndexFunc(d, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) >= 0:
-		return "must not contain control characters other than newline and tab"
+	case strings.IndexFunc(d, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' || hidesText(r) }) >= 0:
+		return "must not contain control characters other than newline and tab (bidirectional controls included)"
 	}
 	return ""
 }

@@ -26,12 +26,13 @@ func (h history) rows() []Row {
 }
 
 // Names and descriptions a real ledger meets: unicode, quotes, backslashes,
-// characters JSON and HTML escape, JavaScript's line separators; descriptions
-// also newlines and tabs (names refuse control characters).
+// characters JSON and HTML escape; descriptions also newlines, tabs and
+// JavaScript's line separators (names refuse control characters, line
+// separators and bidirectional controls).
 var (
 	names = []string{
 		"ci deploy", `"quoted" name`, `back\slash`, "Ünïcødé 🚀 名前", "<script>&amp;</script>",
-		"line\u2028sep\u2029para", "tab-free 'single' quotes", "emoji 👩‍👩‍👧‍👦", "Ω≈ç√∫", "plain",
+		"line, sep; para", "tab-free 'single' quotes", "emoji 👩‍👩‍👧‍👦", "Ω≈ç√∫", "plain",
 	}
 	descriptions = []string{
 		"", "multi\nline\ndescription", "tabs\there\tand\n\nblank line", `{"json":"inside"}`,

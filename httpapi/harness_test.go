@@ -27,7 +27,7 @@ import (
 // harness is a whole ledger on a real embedded nats-server, served by
 // httptest, with an ORGANIZATION_OWNER token for org "acme".
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	store   *eventstore.Store
 	view    *projections.Tokens
 	ledger  *app.Ledger
@@ -42,7 +42,7 @@ type harness struct {
 	skew atomic.Int64
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	store, _, ns := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
@@ -152,13 +152,13 @@ func (h *harness) create(req httpapi.CreateRequest) httpapi.Token {
 	return tok
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func decodeProblem(t *testing.T, b []byte) httpapi.Problem {
+func decodeProblem(t testing.TB, b []byte) httpapi.Problem {
 	t.Helper()
 	var p httpapi.Problem
 	if err := json.Unmarshal(b, &p); err != nil {

@@ -39,7 +39,7 @@ func (b *lockedBuffer) String() string {
 // limited is a second API server on the harness's ledger, with its own
 // options, log and a clock the test steps by hand.
 type limited struct {
-	t     *testing.T
+	t     testing.TB
 	url   string
 	logs  *lockedBuffer
 	clock atomic.Int64 // unix nanoseconds
