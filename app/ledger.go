@@ -32,6 +32,12 @@ var ErrUnauthenticated = errors.New("unauthenticated: missing, malformed, unknow
 // succeed if retried once NATS answers again.
 var ErrUnavailable = errors.New("event store unavailable")
 
+// ErrDisconnected: the ledger has no connection to NATS now (see
+// WithConnectionCheck), so a command or a read of the stream is refused at
+// once rather than after a timeout. Reads answered from the view still work.
+// It is an ErrUnavailable.
+var ErrDisconnected = fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+
 // ForbiddenError says which permission rule denied a request, and on which
 // field of the request (the caller's token is "Authorization"). The rules are
 // the domain's (domain.Authorize).
@@ -51,6 +57,8 @@ type Ledger struct {
 	auditKey ed25519.PrivateKey
 	// reuse records rotated-away secrets presented again (see reuse.go).
 	reuse reuseWriter
+	// connected says whether the store can be reached now; nil: assume so.
+	connected func() error
 }
 
 // Option changes a Ledger's defaults.
@@ -65,6 +73,25 @@ func WithReadWait(d time.Duration) Option { return func(l *Ledger) { l.readWait 
 
 // WithRand makes the ledger draw ids and secrets from r.
 func WithRand(r io.Reader) Option { return func(l *Ledger) { l.rand = r } }
+
+// WithConnectionCheck makes the ledger ask connected before it writes to or
+// reads from the stream; an error refuses the request at once with
+// ErrDisconnected. Without it a request sent while NATS is unreachable waits
+// for its timeout (5 s to publish, 10 s to catch up) before failing.
+func WithConnectionCheck(connected func() error) Option {
+	return func(l *Ledger) { l.connected = connected }
+}
+
+// reachable fails with ErrDisconnected when the connection check does.
+func (l *Ledger) reachable() error {
+	if l.connected == nil {
+		return nil
+	}
+	if err := l.connected(); err != nil {
+		return fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
+	return nil
+}
 
 // New returns a ledger writing to store and reading from view. Feeding view
 // from store is the caller's job (see Run).
@@ -216,8 +243,16 @@ func watchStall(ctx context.Context, store *eventstore.Store, view *projections.
 		if time.Since(since) < stallAfter {
 			continue
 		}
-		last, err := store.LastSequence(ctx)
-		if err == nil && last > seen {
+		// Briefly: while a cluster elects the stream's leader the question
+		// waits for a timeout of seconds, and a stalled view is asked about
+		// again at the next tick rather than after another stallAfter.
+		askCtx, cancel := context.WithTimeout(ctx, stallAfter/4)
+		last, err := store.LastSequence(askCtx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if last > seen {
 			stop(fmt.Errorf("%w (at %d of %d for %s)", errStalled, seen, last, stallAfter))
 			return
 		}
@@ -241,6 +276,9 @@ func Feed(store *eventstore.Store, view *projections.Tokens, report func(error))
 // CatchUp waits until the view has applied everything the stream held when it
 // was called.
 func (l *Ledger) CatchUp(ctx context.Context) error {
+	if err := l.reachable(); err != nil {
+		return err
+	}
 	last, err := l.store.LastSequence(ctx)
 	if err != nil {
 		return err
@@ -250,6 +288,9 @@ func (l *Ledger) CatchUp(ctx context.Context) error {
 
 // catchUp is CatchUp within the ledger's read bound, failing as unavailable.
 func (l *Ledger) catchUp(ctx context.Context) error {
+	if err := l.reachable(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, l.readWait)
 	defer cancel()
 	if err := l.CatchUp(ctx); err != nil {
@@ -325,41 +366,56 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	return l.append(ctx, c, e, tok, 0, secret)
 }
 
+// CommandOption changes how one command on an existing token runs.
+type CommandOption func(*commandOptions)
+
+type commandOptions struct {
+	version uint64 // 0: any
+}
+
+// IfVersion makes a command apply only to the token at version v, the version
+// its caller read (HTTP If-Match): any other version, whatever moved it, is
+// domain.ErrConflict and nothing is written. Of concurrent commands sent with
+// the same version, exactly one succeeds. Without it a command applies to the
+// token as the ledger finds it, and conflicts only when another command gets
+// in between that read and the write.
+func IfVersion(v uint64) CommandOption { return func(o *commandOptions) { o.version = v } }
+
 // UpdateToken changes a token's name, description or role.
-func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domain.UpdateToken, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUpdated, cmd, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+func (l *Ledger) UpdateToken(ctx context.Context, c Caller, id string, cmd domain.UpdateToken, idempotencyKey string, opts ...CommandOption) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, opts, domain.TokenUpdated, cmd, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Update(cmd, env)
 		return e, domain.Secret{}, changed, err
 	})
 }
 
 // RotateToken gives a token a new secret; the old one stops working at once.
-func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenRotated, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+func (l *Ledger) RotateToken(ctx context.Context, c Caller, id, idempotencyKey string, opts ...CommandOption) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, opts, domain.TokenRotated, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, s, err := t.Rotate(env)
 		return e, s, err == nil, err
 	})
 }
 
 // AssignToken gives an organization token a role in a workspace.
-func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, role, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenAssigned, [2]string{workspaceID, role}, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+func (l *Ledger) AssignToken(ctx context.Context, c Caller, id, workspaceID, role, idempotencyKey string, opts ...CommandOption) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, opts, domain.TokenAssigned, [2]string{workspaceID, role}, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, changed, err := t.Assign(workspaceID, role, env)
 		return e, domain.Secret{}, changed, err
 	})
 }
 
 // UnassignToken removes an organization token's role in a workspace.
-func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenUnassigned, workspaceID, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+func (l *Ledger) UnassignToken(ctx context.Context, c Caller, id, workspaceID, idempotencyKey string, opts ...CommandOption) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, opts, domain.TokenUnassigned, workspaceID, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Unassign(workspaceID, env)
 		return e, domain.Secret{}, err == nil, err
 	})
 }
 
 // DeleteToken deletes a token for good.
-func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey string) (Result, error) {
-	return l.execute(ctx, c, id, idempotencyKey, domain.TokenDeleted, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
+func (l *Ledger) DeleteToken(ctx context.Context, c Caller, id, idempotencyKey string, opts ...CommandOption) (Result, error) {
+	return l.execute(ctx, c, id, idempotencyKey, opts, domain.TokenDeleted, nil, func(t *domain.Token, env domain.Env) (domain.Event, domain.Secret, bool, error) {
 		e, err := t.Delete(env)
 		return e, domain.Secret{}, err == nil, err
 	})
@@ -371,7 +427,11 @@ type decision func(t *domain.Token, env domain.Env) (e domain.Event, s domain.Se
 // organization. A retry under an idempotency key is answered before the
 // decision: the token has moved on since the first attempt (a retried delete
 // would find it deleted), and the answer must be the first attempt's.
-func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ domain.EventType, params any, decide decision) (Result, error) {
+func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, opts []CommandOption, typ domain.EventType, params any, decide decision) (Result, error) {
+	var o commandOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	op := operations[typ]
 	if err := domain.CanChangeAny(c.Token); err != nil {
 		return Result{}, err
@@ -392,9 +452,16 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 	if res, done, err := l.replayed(ctx, c, env, typ, id); done {
 		return res, err
 	}
+	if o.version != 0 {
+		if tok, last, err = l.atVersion(ctx, c, id, tok, last, o.version); err != nil {
+			return Result{}, err
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		res, err := l.decideAndAppend(ctx, c, op, tok, last, env, decide)
-		if !errors.Is(err, domain.ErrConflict) || attempt == maxReuseRetries {
+		// A caller that named the version wants no other: even a
+		// TokenReuseDetected in between is a conflict for it.
+		if !errors.Is(err, domain.ErrConflict) || attempt == maxReuseRetries || o.version != 0 {
 			return res, err
 		}
 		// A TokenReuseDetected (the ledger's own record of an old secret
@@ -411,6 +478,26 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, typ doma
 		}
 		tok, last = fresh, freshLast
 	}
+}
+
+// atVersion returns the token (and its last sequence) if it is at version
+// want, and ErrConflict if not. A caller may have read a version this view
+// has not reached yet (from another ledger, say): the view catches up before
+// the version is judged.
+func (l *Ledger) atVersion(ctx context.Context, c Caller, id string, tok *domain.Token, last, want uint64) (*domain.Token, uint64, error) {
+	if tok.Version() < want {
+		if err := l.catchUp(ctx); err != nil {
+			return nil, 0, err
+		}
+		var err error
+		if tok, last, err = l.get(c, id); err != nil {
+			return nil, 0, err
+		}
+	}
+	if tok.Version() != want {
+		return nil, 0, fmt.Errorf("token %s is at version %d, not %d: %w", id, tok.Version(), want, domain.ErrConflict)
+	}
+	return tok, last, nil
 }
 
 // maxReuseRetries bounds how often a command is decided again after losing
@@ -538,6 +625,9 @@ type keyedRequest struct {
 // here: by JetStream's duplicate window, or, when the first attempt already
 // moved the token on, by a conflict after which the view knows the key.
 func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, last uint64, secret domain.Secret) (Result, error) {
+	if err := l.reachable(); err != nil {
+		return Result{}, err
+	}
 	ap, err := l.store.Append(ctx, e, last)
 	switch {
 	case errors.Is(err, domain.ErrConflict):

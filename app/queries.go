@@ -266,6 +266,9 @@ func (l *Ledger) mayReadHistory(c Caller, id string) error {
 
 // history loads a token of the caller's organization from the stream.
 func (l *Ledger) history(ctx context.Context, c Caller, id string) ([]eventstore.Recorded, error) {
+	if err := l.reachable(); err != nil {
+		return nil, err
+	}
 	recs, err := l.store.Load(ctx, c.org(), id)
 	if err != nil {
 		// A message in the token's history that is not a valid event (only a
@@ -290,6 +293,9 @@ func (l *Ledger) history(ctx context.Context, c Caller, id string) ([]eventstore
 func (l *Ledger) waitForRead(ctx context.Context, minSeq uint64) error {
 	if minSeq == 0 || l.view.Sequence() >= minSeq {
 		return nil
+	}
+	if err := l.reachable(); err != nil {
+		return err
 	}
 	last, err := l.store.LastSequence(ctx)
 	if err != nil {

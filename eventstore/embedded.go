@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -24,6 +25,30 @@ type EmbeddedConfig struct {
 	// may read the stream and run consumers, but cannot publish events, change
 	// or delete the stream. Left empty, the server is open (tests only).
 	LedgerPassword string
+	// Sync is when JetStream fsyncs what it stored. Left zero, the server's
+	// default: every two minutes, so a power loss can take the last two
+	// minutes of acknowledged events with it (a process crash loses nothing:
+	// the writes are in the OS's page cache).
+	Sync Sync
+}
+
+// Sync says when an embedded JetStream fsyncs its files: every Interval, or,
+// with Always, every write before it is acknowledged.
+type Sync struct {
+	Interval time.Duration
+	Always   bool
+}
+
+// ParseSync reads "always" or a duration such as "1s" (a --nats-sync flag).
+func ParseSync(s string) (Sync, error) {
+	if strings.EqualFold(s, "always") {
+		return Sync{Always: true}, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return Sync{}, fmt.Errorf("%q is neither \"always\" nor a positive duration (such as 1s or 2m)", s)
+	}
+	return Sync{Interval: d}, nil
 }
 
 // LedgerUser is the user the ledger logs in as when LedgerPassword is set.
@@ -86,8 +111,10 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
 		// The ledger handles signals itself; nats-server must not exit the process.
-		NoSigs: true,
-		NoLog:  true,
+		NoSigs:       true,
+		NoLog:        true,
+		SyncInterval: cfg.Sync.Interval,
+		SyncAlways:   cfg.Sync.Always,
 	}
 	if cfg.LedgerPassword != "" {
 		opts.Users = []*server.User{

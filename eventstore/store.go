@@ -309,13 +309,30 @@ func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle fun
 		free <- make([]Recorded, 0, followBatchSize)
 	}
 	go s.read(iter, batches, free)
+	// The reader is let finish in the background: stopping the iterator can
+	// take seconds, since nats.go's ordered consumer holds its lock while it
+	// re-creates its consumer (up to 10 s an attempt, as when a cluster has
+	// just lost the server the consumer was on), and a caller following
+	// again on a fresh consumer (app.Run's watchdog) must not wait for that.
 	defer func() {
-		iter.Stop()
-		for b := range batches { // let the reader finish
-			free <- b.recs
-		}
+		go func() {
+			iter.Stop()
+			for b := range batches {
+				free <- b.recs
+			}
+		}()
 	}()
-	for b := range batches {
+	for {
+		var b followBatch
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case next, ok := <-batches:
+			if !ok {
+				return ctx.Err()
+			}
+			b = next
+		}
 		for _, rec := range b.recs {
 			if err := handle(rec); err != nil {
 				return err
@@ -330,7 +347,6 @@ func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle fun
 			return fmt.Errorf("read stream %s: %w", s.cfg.Stream, b.err)
 		}
 	}
-	return ctx.Err()
 }
 
 type followBatch struct {

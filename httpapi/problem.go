@@ -72,6 +72,10 @@ func problemFor(err error) *Problem {
 	case errors.As(err, &maxb):
 		return &Problem{Type: problemBase + "too-large", Title: "Request body too large", Status: http.StatusRequestEntityTooLarge, Detail: fmt.Sprintf("body: at most %d bytes (1 MiB)", maxb.Limit), Errors: []domain.FieldError{{Field: "body", Rule: "at most 1 MiB"}}}
 	}
+	if errors.Is(err, app.ErrDisconnected) {
+		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "NATS is unreachable: the ledger cannot write or read the event stream now, so commands are refused and nothing is written; reads answered from the ledger's view still work. Try again shortly: GET /readyz answers 200 once NATS is back"}
+	}
 	if errors.Is(err, app.ErrUnavailable) {
 		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable, Detail: "the event store did not answer in time; try again shortly"}
 	}
@@ -83,24 +87,33 @@ func problemFor(err error) *Problem {
 // is shaped like one is redacted here, the one place every error answer
 // passes, so that no rule's wording can echo it.
 func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
-	out := *p
-	if p != unauthenticated {
-		out.RequestID = requestID(r.Context())
-		out.Detail = redactSecrets(out.Detail)
-		if len(p.Errors) > 0 {
-			out.Errors = make([]domain.FieldError, len(p.Errors))
-			for i, e := range p.Errors {
-				e.Field, e.Rule = redactSecrets(e.Field), redactSecrets(e.Rule)
-				out.Errors[i] = e
-			}
-		}
-	} else {
+	out := shown(r, p)
+	if p == unauthenticated {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tokenledger"`)
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(out.Status)
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// shown is p as it is answered to r: with r's request id, and anything
+// shaped like a secret redacted.
+func shown(r *http.Request, p *Problem) Problem {
+	out := *p
+	if p == unauthenticated {
+		return out
+	}
+	out.RequestID = requestID(r.Context())
+	out.Detail = redactSecrets(out.Detail)
+	if len(p.Errors) > 0 {
+		out.Errors = make([]domain.FieldError, len(p.Errors))
+		for i, e := range p.Errors {
+			e.Field, e.Rule = redactSecrets(e.Field), redactSecrets(e.Rule)
+			out.Errors[i] = e
+		}
+	}
+	return out
 }
 
 func redactSecrets(s string) string {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -38,8 +39,8 @@ type Server struct {
 	ledger *app.Ledger
 	log    *slog.Logger
 	mux    *http.ServeMux
-	// ready reports whether the ledger can serve (the view has caught up).
-	ready func() error
+	// health reports the state of what the ledger depends on (health.go).
+	health func(context.Context) []Component
 
 	now     func() time.Time // the rate limiter's clock
 	limiter *failureLimiter  // nil: failed authentications are not limited
@@ -73,15 +74,17 @@ func WithTrustedProxies(p []netip.Prefix) ServerOption { return func(s *Server) 
 // WithServerClock makes the rate limit read time from now (tests step it).
 func WithServerClock(now func() time.Time) ServerOption { return func(s *Server) { s.now = now } }
 
-// NewServer routes the API to ledger. ready may be nil.
-func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error, opts ...ServerOption) *Server {
-	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), ready: ready, now: time.Now,
+// NewServer routes the API to ledger. health, which /healthz and /readyz
+// report, may be nil: everything is then reported ok.
+func NewServer(ledger *app.Ledger, log *slog.Logger, health func(context.Context) []Component, opts ...ServerOption) *Server {
+	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), health: health, now: time.Now,
 		failureBurst: DefaultFailureBurst, failureInterval: DefaultFailureInterval, failureSources: DefaultFailureSources}
 	for _, o := range opts {
 		o(s)
 	}
 	s.limiter = newFailureLimiter(s.failureBurst, s.failureInterval, s.failureSources)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
 	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
 	s.mux.Handle("POST /v1/tokens", s.authed(opCreate, s.createToken))
@@ -100,6 +103,7 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, ready func() error, opts ..
 	// A known path with another method gets 405 and the methods it takes.
 	for path, allow := range map[string]string{
 		"/healthz":                "GET",
+		"/readyz":                 "GET",
 		"/openapi.yaml":           "GET",
 		"/metrics":                "GET",
 		"/v1/tokens":              "GET, POST",
@@ -148,7 +152,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 		s.metrics.request(rec.status)
 	}()
+	if p := r.URL.EscapedPath(); p != cleanPath(p) {
+		// ServeMux would redirect it, method and body kept, to another
+		// path than the one the caller (or a proxy judging it) saw.
+		writeProblem(rec, r, &Problem{Type: problemBase + "validation", Title: "Invalid input", Status: http.StatusBadRequest,
+			Detail: "path: must not contain empty, '.' or '..' segments", Errors: []domain.FieldError{{Field: "path", Rule: "must not contain empty, '.' or '..' segments"}}})
+		return
+	}
 	s.mux.ServeHTTP(rec, r)
+}
+
+// cleanPath is p as ServeMux cleans it: path.Clean, keeping a trailing slash.
+func cleanPath(p string) string {
+	c := path.Clean("/" + p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
 }
 
 type statusRecorder struct {
@@ -206,16 +226,6 @@ func clipPath(p string) string {
 
 var secretLike = regexp.MustCompile(`tl[owd]_[0-9A-Za-z]{20,}`)
 
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	if s.ready != nil {
-		if err := s.ready(); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "detail": err.Error()})
-			return
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-}
-
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
 	_, _ = w.Write(openAPI)
@@ -236,7 +246,9 @@ func (s *Server) authed(op operation, h authedHandler) http.Handler {
 			return
 		}
 		scheme, secret, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
+		// A second Authorization header is refused, not ignored: a proxy in
+		// front may have judged the other one.
+		if !ok || !strings.EqualFold(scheme, "Bearer") || len(r.Header.Values("Authorization")) > 1 {
 			s.refuse(w, r, src)
 			return
 		}
@@ -248,37 +260,54 @@ func (s *Server) authed(op operation, h authedHandler) http.Handler {
 		c := app.Caller{Token: tok, RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())}
 		if err := h(w, r, c); err != nil {
 			p := problemFor(err)
-			var ferr *app.ForbiddenError
-			switch {
-			case p.Status >= 500:
-				s.log.Error("request failed", "request_id", c.RequestID, "error", err)
-			case p == unauthenticated:
+			if p == unauthenticated {
 				s.refuse(w, r, src)
 				return
-			case errors.As(err, &ferr):
-				// Every refusal is an audit fact: which token tried what,
-				// and which rule stopped it. The rule is the ledger's text,
-				// but it may quote request values, so it is redacted too.
-				s.metrics.forbidden[op].Add(1)
-				s.log.Warn("forbidden", "request_id", c.RequestID, "actor_token_id", c.Token.ID(), "operation", op.String(),
-					"method", clipPath(r.Method), "path", clipPath(r.URL.Path), "field", clipHeader(ferr.Field), "rule", clipHeader(ferr.Rule))
+			}
+			s.noteFailure(r, c, op, err, p)
+			if p.Status == http.StatusServiceUnavailable {
+				// NATS reconnects every 2 s.
+				w.Header().Set("Retry-After", "2")
 			}
 			writeProblem(w, r, p)
 		}
 	})
 }
 
+// noteFailure logs and counts a request that failed with err, answered p,
+// for the API and the web console alike (see Failure).
+func (s *Server) noteFailure(r *http.Request, c app.Caller, op operation, err error, p *Problem) {
+	var ferr *app.ForbiddenError
+	switch {
+	case p.Status >= 500:
+		s.log.Error("request failed", "request_id", c.RequestID, "error", err)
+	case errors.As(err, &ferr):
+		// Every refusal is an audit fact: which token tried what,
+		// and which rule stopped it. The rule is the ledger's text,
+		// but it may quote request values, so it is redacted too.
+		s.metrics.forbidden[op].Add(1)
+		s.log.Warn("forbidden", "request_id", c.RequestID, "actor_token_id", c.Token.ID(), "operation", op.String(),
+			"method", clipPath(r.Method), "path", clipPath(r.URL.Path), "field", clipHeader(ferr.Field), "rule", clipHeader(ferr.Rule))
+	}
+}
+
 // refuse answers 401 and charges the source, alike whatever was wrong: a
 // budget that drained faster for some kinds of bad secret than for others
 // would tell a guesser which kind it had sent.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, src netip.Addr) {
+	s.chargeFailure(r, src)
+	writeProblem(w, r, unauthenticated)
+}
+
+// chargeFailure counts a failed authentication and charges it to src's
+// budget, whichever front end it came through.
+func (s *Server) chargeFailure(r *http.Request, src netip.Addr) {
 	s.metrics.authFailures.Add(1)
 	if s.limiter.fail(src, s.now()) {
 		// Once per source and lockout, not per refused request.
 		s.log.Warn("failed-authentication limit reached", "request_id", requestID(r.Context()), "source_ip", sourceIP(r),
 			"retry_after_s", retryAfterSeconds(s.failureInterval))
 	}
-	writeProblem(w, r, unauthenticated)
 }
 
 // writeRateLimited answers 429. The wait is rounded up to whole seconds, as
@@ -327,7 +356,7 @@ func clipHeader(v string) string {
 // decode reads a JSON body into v: one object, no unknown fields, no trailing
 // data. Its errors name the field and the rule.
 func decode(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
+	if ct := r.Header.Get("Content-Type"); (ct != "" && !isJSON(ct)) || len(r.Header.Values("Content-Type")) > 1 {
 		return &Problem{Type: problemBase + "media-type", Title: "Unsupported media type", Status: http.StatusUnsupportedMediaType,
 			Detail: "Content-Type: must be application/json", Errors: []domain.FieldError{{Field: "Content-Type", Rule: "must be application/json"}}}
 	}
@@ -363,13 +392,17 @@ func decode(r *http.Request, v any) error {
 			return domain.Invalid(field, "must be a JSON "+jsonKind(typ.Type.Kind().String()))
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			if name == "" {
+				return badBody(`unknown field "" (an empty key)`)
+			}
 			return domain.Invalid(clipField(name), "unknown field")
 		case errors.Is(err, io.ErrUnexpectedEOF):
 			return badBody("malformed JSON: ends too early")
 		}
 		return badBody("malformed JSON")
 	}
-	if dec.More() {
+	// Not dec.More(), which is false before a stray ']' or '}'.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return badBody("one JSON object only; trailing data found")
 	}
 	return nil
@@ -412,6 +445,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // event, so one shaped like a secret is refused rather than kept.
 func idempotencyKey(r *http.Request) (string, error) {
 	key := r.Header.Get("Idempotency-Key")
+	if len(r.Header.Values("Idempotency-Key")) > 1 {
+		return "", domain.Invalid("idempotency_key", "give it once")
+	}
 	if secretLike.MatchString(key) {
 		return "", domain.Invalid("idempotency_key", "looks like a token secret; use a random value of your own")
 	}
@@ -442,6 +478,7 @@ func (s *Server) commandAnswer(w http.ResponseWriter, res app.Result, created bo
 	if created && !res.Replayed {
 		status = http.StatusCreated
 	}
+	w.Header().Set("ETag", etag(out.Version))
 	writeJSON(w, status, out)
 	return nil
 }
@@ -523,6 +560,7 @@ func (s *Server) getToken(w http.ResponseWriter, r *http.Request, c app.Caller) 
 	}
 	out := tokenJSON(tok, s.ledger.Now())
 	out.Sequence = seq
+	w.Header().Set("ETag", etag(out.Version))
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
@@ -593,7 +631,11 @@ func (s *Server) updateToken(w http.ResponseWriter, r *http.Request, c app.Calle
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	res, err := s.ledger.UpdateToken(r.Context(), c, r.PathValue("id"), domain.UpdateToken{Name: req.Name, Description: req.Description, Role: req.Role}, key)
+	cond, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.UpdateToken(r.Context(), c, r.PathValue("id"), domain.UpdateToken{Name: req.Name, Description: req.Description, Role: req.Role}, key, cond...)
 	if err != nil {
 		return err
 	}
@@ -605,7 +647,11 @@ func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, c app.Calle
 	if err != nil {
 		return err
 	}
-	res, err := s.ledger.RotateToken(r.Context(), c, r.PathValue("id"), key)
+	cond, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.RotateToken(r.Context(), c, r.PathValue("id"), key, cond...)
 	if err != nil {
 		return err
 	}
@@ -621,7 +667,11 @@ func (s *Server) assignToken(w http.ResponseWriter, r *http.Request, c app.Calle
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	res, err := s.ledger.AssignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), req.Role, key)
+	cond, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.AssignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), req.Role, key, cond...)
 	if err != nil {
 		return err
 	}
@@ -633,7 +683,11 @@ func (s *Server) unassignToken(w http.ResponseWriter, r *http.Request, c app.Cal
 	if err != nil {
 		return err
 	}
-	res, err := s.ledger.UnassignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), key)
+	cond, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.UnassignToken(r.Context(), c, r.PathValue("id"), r.PathValue("workspace_id"), key, cond...)
 	if err != nil {
 		return err
 	}
@@ -645,7 +699,11 @@ func (s *Server) deleteToken(w http.ResponseWriter, r *http.Request, c app.Calle
 	if err != nil {
 		return err
 	}
-	res, err := s.ledger.DeleteToken(r.Context(), c, r.PathValue("id"), key)
+	cond, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.ledger.DeleteToken(r.Context(), c, r.PathValue("id"), key, cond...)
 	if err != nil {
 		return err
 	}
