@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/console"
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/exporters"
@@ -45,6 +46,9 @@ type serveOptions struct {
 	authFailureBurst    int
 	authFailureInterval time.Duration
 	trustedProxies      []string
+	// natsSync is when the embedded server fsyncs ("always" or a duration;
+	// empty: the server's default, every two minutes).
+	natsSync string
 }
 
 func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
@@ -58,6 +62,14 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			if cmd.Flags().Changed("nats-listen") && o.natsURL != "" {
 				return usageError{errors.New("--nats-listen and --nats-url exclude each other: the first runs an embedded server, the second uses yours")}
 			}
+			if o.natsSync != "" && o.natsURL != "" {
+				return usageError{errors.New("--nats-sync sets the embedded server's fsync; with --nats-url set sync_interval in your servers' configuration")}
+			}
+			if o.natsSync != "" {
+				if _, err := eventstore.ParseSync(o.natsSync); err != nil {
+					return usageError{fmt.Errorf("--nats-sync: %w", err)}
+				}
+			}
 			if _, err := httpapi.ParseTrustedProxies(strings.Join(o.trustedProxies, ",")); err != nil {
 				return usageError{fmt.Errorf("--trusted-proxy: %w", err)}
 			}
@@ -70,6 +82,7 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 				return &exitError{code: exitFailed, msg: "error: " + err.Error()}
 			}
 			fmt.Fprintf(stdout, "ledger serving on http://%s (organization %s, data in %s)\n", n.httpAddr, o.org, o.dataDir)
+			fmt.Fprintf(stdout, "web console on http://%s%s\n", n.httpAddr, console.Path)
 			if n.natsClientURL != "" {
 				fmt.Fprintf(stdout, "NATS for services on %s\n", n.natsClientURL)
 			}
@@ -85,7 +98,8 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	f.StringVar(&o.dataDir, "data", "./ledger-data", "directory for the embedded JetStream store and the bootstrap token")
 	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "address of the HTTP API")
 	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222", "address where the embedded NATS server listens for services")
-	f.StringVar(&o.natsURL, "nats-url", "", "use this NATS server or cluster instead of an embedded one")
+	f.StringVar(&o.natsURL, "nats-url", "", "use this NATS server or cluster instead of an embedded one (a cluster: its URLs, comma-separated)")
+	f.StringVar(&o.natsSync, "nats-sync", "", `when the embedded server fsyncs: "always" (each event, before it is acknowledged) or a duration (default: every 2m)`)
 	f.StringVar(&o.org, "org", "default", "organization of the bootstrap token made on the first start")
 	f.StringVar(&o.stream, "stream", "TOKENS", "JetStream stream name")
 	f.IntVar(&o.replicas, "replicas", 1, "stream replicas (3 on a cluster)")
@@ -126,12 +140,19 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		// A fresh password each start: only this process writes events;
 		// services on --nats-listen may read and consume, never publish.
 		password := rand.Text()
+		var fsync eventstore.Sync
+		if o.natsSync != "" {
+			if fsync, err = eventstore.ParseSync(o.natsSync); err != nil {
+				return nil, fmt.Errorf("--nats-sync: %w", err)
+			}
+		}
 		var ns *server.Server
 		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
 			StoreDir:       filepath.Join(o.dataDir, "jetstream"),
 			Listen:         o.natsListen,
 			ServerName:     "ledger",
 			LedgerPassword: password,
+			Sync:           fsync,
 		})
 		if err != nil {
 			return nil, err
@@ -141,7 +162,16 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password),
 			nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
 	} else {
-		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1))
+		// No reconnect buffer: a command published while the connection is
+		// down must fail now, not be stored minutes later after its caller
+		// was told 503 (a rotation's secret would then be lost).
+		//
+		// A server that vanished without closing its sockets (power loss, a
+		// partition, a hung process) is noticed by pings: with the default
+		// (two missed pings 2 minutes apart) the ledger would wait minutes
+		// on a dead connection while the rest of the cluster serves.
+		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1),
+			nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
 	}
 	if err != nil {
 		closeAll()
@@ -161,6 +191,9 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	openCtx, cancelOpen := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelOpen()
 	store, err := eventstore.Open(openCtx, js, cfg)
+	if err == nil && cfg.Replicas > 1 {
+		err = waitForStreamLeader(openCtx, js, cfg.Stream)
+	}
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -182,7 +215,7 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		closeAll()
 		return nil, fmt.Errorf("audit signing key: %w", err)
 	}
-	ledger := app.New(store, view, app.WithAuditKey(auditKey), app.WithReuseLog(log))
+	ledger := app.New(store, view, app.WithAuditKey(auditKey), app.WithReuseLog(log), app.WithConnectionCheck(natsConnected(nc)))
 	closers = append(closers, app.Feed(store, view, func(err error) { log.Error("token view", "error", err) }))
 	// After the HTTP server stops and before the view stops being fed: the
 	// reuse reports still queued are written, and a conflict waits for the
@@ -222,27 +255,18 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		return nil, fmt.Errorf("--http %s: %w", o.httpAddr, err)
 	}
 	n.httpAddr = ln.Addr().String()
-	lag := &lagWatch{}
-	ready := func() error {
-		if !nc.IsConnected() {
-			return errors.New("nats: not connected")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		last, err := store.LastSequence(ctx)
-		if err != nil {
-			return fmt.Errorf("stream %s: %w", cfg.Stream, err)
-		}
-		return lag.check(view.Sequence(), last, time.Now())
-	}
+	health := healthOf(nc, store, view, &lagWatch{})
 	trusted, err := httpapi.ParseTrustedProxies(strings.Join(o.trustedProxies, ","))
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("--trusted-proxy: %w", err)
 	}
+	api := httpapi.NewServer(ledger, log, health,
+		httpapi.WithFailureLimit(o.authFailureBurst, o.authFailureInterval), httpapi.WithTrustedProxies(trusted))
+	// The web console, on the API's address: / redirects to /console/.
+	console.Attach(api, ledger, log)
 	srv := &http.Server{
-		Handler: httpapi.NewServer(ledger, log, ready,
-			httpapi.WithFailureLimit(o.authFailureBurst, o.authFailureInterval), httpapi.WithTrustedProxies(trusted)),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -262,6 +286,27 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	log.Info("ledger serving", "http", n.httpAddr, "nats", n.natsClientURL)
 	n.close = func() error { closeAll(); return nil }
 	return n, nil
+}
+
+// waitForStreamLeader returns once the replicated stream has a leader: one
+// just created on a cluster has none for a moment, and an append then finds
+// nobody to answer it (the bootstrap token's would fail the start).
+func waitForStreamLeader(ctx context.Context, js jetstream.JetStream, name string) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		stream, err := js.Stream(ctx, name)
+		if err == nil {
+			if c := stream.CachedInfo().Cluster; c != nil && c.Leader != "" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream %s has no leader: %w", name, context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
 }
 
 // lagWatch tells a view that is briefly behind the stream (events being

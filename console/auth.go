@@ -1,0 +1,175 @@
+package console
+
+import (
+	"crypto/subtle"
+	"errors"
+	"net/http"
+
+	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/httpapi"
+)
+
+const (
+	// sessionCookie holds a session's random id: the only thing of a
+	// sign-in the browser keeps.
+	sessionCookie = "tl_session"
+	// signInCookie is the sign-in form's double-submit CSRF value: before
+	// sign-in there is no session to hold one.
+	signInCookie = "tl_signin"
+	cookiePath   = "/console"
+)
+
+// Messages the sign-in page shows, chosen by its m parameter: fixed texts,
+// so nothing a URL carries is ever shown.
+var signInMessages = map[string]string{
+	"ended":       "Your session has ended: it was idle too long or open too long, or the token you signed in with was rotated, deleted or has expired. Sign in again.",
+	"signed-out":  "You are signed out.",
+	"deleted-own": "You deleted the token you were signed in with, so your session has ended. Sign in with another token.",
+}
+
+// signInFailed is the one message for every secret that does not sign in:
+// the page tells a guesser no more than the API's 401 does.
+const signInFailed = "Sign-in failed: that is not the secret of an active API token."
+
+// signedIn is a request of a live session.
+type signedIn struct {
+	cookie string
+	sess   *session
+	me     *domain.Token
+	caller app.Caller
+}
+
+// authed runs h for a request of a live session whose token is still active
+// with the secret it signed in with; anything else goes to the sign-in page.
+// A POST must also carry the session's CSRF value and come from the
+// console's own origin.
+func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ck, err := r.Cookie(sessionCookie)
+		if err != nil || ck.Value == "" {
+			http.Redirect(w, r, "/console/sign-in", http.StatusSeeOther)
+			return
+		}
+		sess, ok := c.sessions.get(ck.Value)
+		if !ok {
+			c.sessionEnded(w, r, "ended")
+			return
+		}
+		// Asked again on every request: a rotation, deletion or expiry of the
+		// token ends its sessions at their next request.
+		me, err := c.ledger.Resume(sess.org, sess.tokenID, sess.secretHash)
+		if err != nil {
+			c.sessions.end(ck.Value)
+			c.sessionEnded(w, r, "ended")
+			return
+		}
+		s := &signedIn{cookie: ck.Value, sess: sess, me: me, caller: c.gate.CallerOf(r, me)}
+		if r.Method == http.MethodPost && !c.sameOriginForm(r, sess.csrf) {
+			c.log.Warn("console form refused: CSRF check failed", "actor_token_id", me.ID(), "route", r.Pattern)
+			c.render(w, r, s, http.StatusForbidden, "error.html", view{Title: "Form refused", Data: errorPage{
+				Heading: "Form refused",
+				Message: "This form was not sent from a page of this console (its CSRF check failed), so nothing was changed. Reload the page and try again.",
+			}})
+			return
+		}
+		h(w, r, s)
+	}
+}
+
+// sameOriginForm: the POST came from a page of this console: the browser
+// says it is not cross-origin, and the form carries want, a value only the
+// console's own pages hold (compared in constant time).
+func (c *Console) sameOriginForm(r *http.Request, want string) bool {
+	if c.origin.Check(r) != nil {
+		return false
+	}
+	got := r.PostFormValue("csrf")
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// sessionEnded forgets the browser's session and sends it to sign in.
+func (c *Console) sessionEnded(w http.ResponseWriter, r *http.Request, why string) {
+	c.setCookie(w, r, sessionCookie, "", -1)
+	http.Redirect(w, r, "/console/sign-in?m="+why, http.StatusSeeOther)
+}
+
+// setCookie sets a console cookie: never readable by scripts, never sent
+// with a request another site starts, only to the console's paths, and
+// only over TLS when the console is reached over TLS (directly, or through
+// a trusted proxy saying so). maxAge 0: until the browser closes; negative:
+// delete it.
+func (c *Console) setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge int) {
+	http.SetCookie(w, &http.Cookie{
+		Name: name, Value: value, Path: cookiePath, MaxAge: maxAge,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: c.gate.OverTLS(r),
+	})
+}
+
+type signInData struct {
+	Message string
+	Failed  string
+}
+
+func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
+	if ck, err := r.Cookie(sessionCookie); err == nil {
+		if sess, ok := c.sessions.get(ck.Value); ok {
+			if _, err := c.ledger.Resume(sess.org, sess.tokenID, sess.secretHash); err == nil {
+				http.Redirect(w, r, Path, http.StatusSeeOther)
+				return
+			}
+		}
+	}
+	c.renderSignIn(w, r, http.StatusOK, signInData{Message: signInMessages[r.URL.Query().Get("m")]})
+}
+
+// renderSignIn shows the sign-in form with its double-submit value, kept
+// from an earlier visit so that two open sign-in tabs both work.
+func (c *Console) renderSignIn(w http.ResponseWriter, r *http.Request, status int, d signInData) {
+	csrf := ""
+	if ck, err := r.Cookie(signInCookie); err == nil && len(ck.Value) == 43 {
+		csrf = ck.Value
+	} else {
+		csrf = randomText()
+		c.setCookie(w, r, signInCookie, csrf, 0)
+	}
+	c.render(w, r, nil, status, "signin.html", view{Title: "Sign in", CSRF: csrf, Data: d})
+}
+
+func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
+	ck, err := r.Cookie(signInCookie)
+	if err != nil || !c.sameOriginForm(r, ck.Value) {
+		c.log.Warn("console sign-in refused: CSRF check failed", "route", r.Pattern)
+		c.renderSignIn(w, r, http.StatusForbidden, signInData{
+			Failed: "This sign-in form was not sent from this console's sign-in page (its CSRF check failed). Try again from this page.",
+		})
+		return
+	}
+	tok, err := c.gate.SignIn(r, r.PostFormValue("token"))
+	var limited *httpapi.RateLimitedError
+	switch {
+	case errors.As(err, &limited):
+		c.renderSignIn(w, r, http.StatusTooManyRequests, signInData{
+			Failed: "Too many failed sign-ins from your address. Try again in " + seconds(limited.RetryAfterSeconds()) + ".",
+		})
+		return
+	case err != nil:
+		c.renderSignIn(w, r, http.StatusUnauthorized, signInData{Failed: signInFailed})
+		return
+	}
+	// A sign-in replaces the browser's session: the old one ends now, not
+	// when it would have gone idle.
+	if old, err := r.Cookie(sessionCookie); err == nil {
+		c.sessions.end(old.Value)
+	}
+	id, _ := c.sessions.open(tok.OrganizationID(), tok.ID(), tok.SecretHash())
+	c.setCookie(w, r, sessionCookie, id, 0)
+	c.setCookie(w, r, signInCookie, "", -1)
+	c.log.Info("console sign-in", "token_id", tok.ID(), "request_id", c.gate.CallerOf(r, tok).RequestID)
+	http.Redirect(w, r, Path, http.StatusSeeOther)
+}
+
+func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *signedIn) {
+	c.sessions.end(s.cookie)
+	c.sessionEnded(w, r, "signed-out")
+}
