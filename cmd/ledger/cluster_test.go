@@ -48,7 +48,10 @@ import (
 // Each time, every command the ledger acknowledged is in the stream and in
 // its view afterwards, and the view agrees with the stream token by token.
 func TestLosingTheStreamLeaderLosesNoAcknowledgedCommand(t *testing.T) {
-	bin := buildNATSServer(t)
+	// The nats-server of go.mod, the one the ledger embeds: the cluster's
+	// servers run as processes of their own, so that the test can kill or
+	// freeze one.
+	bin := goBuild(t, "nats-server", "github.com/nats-io/nats-server/v2")
 	for _, c := range []struct {
 		name   string
 		signal syscall.Signal
@@ -260,19 +263,6 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 	if verified == 0 {
 		t.Error("no token's last event was an acknowledged command")
 	}
-}
-
-// buildNATSServer builds the nats-server of go.mod, the one the ledger
-// embeds: the cluster's servers run as processes of their own, so that the
-// test can kill or freeze one.
-func buildNATSServer(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nats-server")
-	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build nats-server: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // natsNode is a nats-server process of a test cluster.

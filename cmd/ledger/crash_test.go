@@ -37,7 +37,7 @@ import (
 // The kill points come from a seed, logged; LEDGER_CRASH_SEED=N runs the same
 // ones again (what the clients send between them depends on scheduling).
 func TestKill9LosesNoAcknowledgedCommand(t *testing.T) {
-	bin := buildLedger(t)
+	bin := goBuild(t, "ledger", ".")
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("LEDGER_CRASH_SEED"); s != "" {
 		var err error
@@ -420,13 +420,14 @@ func views(t *testing.T, ctx context.Context, api *httpapi.Client, m *model) str
 	return b.String()
 }
 
-// buildLedger builds the ledger binary from this tree.
-func buildLedger(t *testing.T) string {
+// goBuild builds pkg (a package path, or "." for the ledger of this tree)
+// into a binary named name in a temporary directory.
+func goBuild(t *testing.T, name, pkg string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ledger")
-	build := exec.Command("go", "build", "-o", bin, ".")
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-o", bin, pkg)
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
