@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -92,7 +94,7 @@ func (s *Store) Scan(ctx context.Context, r Range, start func(ScanStart), handle
 	if err != nil {
 		return fmt.Errorf("scan stream %s: %w", s.cfg.Stream, err)
 	}
-	defer s.dropConsumer(ctx, cons)
+	defer s.dropConsumer(ctx, cons, true)
 	pending := cons.CachedInfo().NumPending
 	start(ScanStart{Cut: cut, Pending: pending})
 	if pending == 0 {
@@ -111,20 +113,35 @@ func (s *Store) Scan(ctx context.Context, r Range, start func(ScanStart), handle
 			return errScanDone
 		}
 		return nil
-	})
+	}, true)
 	if errors.Is(err, errScanDone) {
 		return nil
 	}
 	return err
 }
 
-// dropConsumer removes an ordered consumer at once rather than leaving it to
+// dropConsumer removes a read's consumer at once rather than leaving it to
 // time out: exports and history reads would otherwise pile them up to the
-// server's limit.
-func (s *Store) dropConsumer(ctx context.Context, cons jetstream.Consumer) {
+// server's limit. An ordered consumer named PREFIX_N replaced PREFIX_1 to
+// PREFIX_N-1 on the way; nats.go deletes those in the background, and they
+// are deleted here too, so that nothing of the read is left when it returns.
+func (s *Store) dropConsumer(ctx context.Context, cons jetstream.Consumer, ordered bool) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if last := cons.CachedInfo(); last != nil {
-		_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, last.Name)
+	last := cons.CachedInfo()
+	if last == nil {
+		return
+	}
+	_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, last.Name)
+	if !ordered {
+		return
+	}
+	cut := strings.LastIndexByte(last.Name, '_')
+	serial, err := strconv.Atoi(last.Name[cut+1:])
+	if cut < 0 || err != nil {
+		return
+	}
+	for n := 1; n < serial; n++ {
+		_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, last.Name[:cut+1]+strconv.Itoa(n))
 	}
 }

@@ -225,15 +225,23 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 	if !domain.ValidID(org) || !domain.ValidTokenID(tokenID) {
 		return nil, nil
 	}
-	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.tokenSubject(org, tokenID) + ".*"},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	// A plain consumer, not an ordered one: nats.go's ordered consumer creates
+	// a second consumer on its first Fetch and deletes the first in the
+	// background, which doubles the round trips of a short read and leaves a
+	// consumer behind for a moment after Load returns.
+	cons, err := s.js.CreateConsumer(ctx, s.cfg.Stream, jetstream.ConsumerConfig{
+		FilterSubject:     s.tokenSubject(org, tokenID) + ".*",
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: time.Minute,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 	}
 	info := cons.CachedInfo()
-	defer s.dropConsumer(ctx, cons)
+	defer s.dropConsumer(ctx, cons, false)
 	pending := info.NumPending
 	out := make([]Recorded, 0, pending)
 	dec := &eventDecoder{}
@@ -281,12 +289,14 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	if err != nil {
 		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
 	}
-	return s.consume(ctx, cons, handle)
+	return s.consume(ctx, cons, handle, false)
 }
 
 // consume hands every message cons delivers to handle until ctx ends or
-// handle fails.
-func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle func(Recorded) error) error {
+// handle fails. With waitStop, it returns only once the reader has stopped,
+// so the caller may delete the consumer: deleted under a running iterator,
+// an ordered consumer would create a new one, left for its 5 minutes.
+func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle func(Recorded) error, waitStop bool) error {
 	iter, err := cons.Messages(jetstream.PullMaxMessages(1024))
 	if err != nil {
 		return fmt.Errorf("read stream %s: %w", s.cfg.Stream, err)
@@ -315,12 +325,17 @@ func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle fun
 	// just lost the server the consumer was on), and a caller following
 	// again on a fresh consumer (app.Run's watchdog) must not wait for that.
 	defer func() {
+		stopped := make(chan struct{})
 		go func() {
+			defer close(stopped)
 			iter.Stop()
 			for b := range batches {
 				free <- b.recs
 			}
 		}()
+		if waitStop {
+			<-stopped
+		}
 	}()
 	for {
 		var b followBatch
