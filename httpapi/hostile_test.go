@@ -91,6 +91,11 @@ func TestHostileInputIsRefusedAndWritesNothing(t *testing.T) {
 		// Unknown fields.
 		{name: "camel-case field", req: post(`{"scope":"organization","name":"a","organizationId":"acme"}`), status: 400, field: "organizationId"},
 		{name: "empty key", req: post(`{"scope":"organization","name":"a","":""}`), status: 400, field: "body"},
+		{name: "a field given twice", req: post(`{"scope":"organization","name":"a","name":"b"}`), status: 400, field: "name"},
+		{name: "a field given twice, the first null", req: patch(`{"name":null,"name":"b"}`), status: 400, field: "name"},
+		{name: "upper-case field", req: post(`{"scope":"organization","Name":"a"}`), status: 400, field: "Name"},
+		{name: "long s folding to scope", req: post(`{"\u017fcope":"organization","name":"a"}`), status: 400, field: "\u017fcope"},
+		{name: "Kelvin sign folding to token", req: request("POST", "/v1/verify", `{"to\u212aen":"x"}`, "Authorization", owner), status: 400, field: "to\u212aen"},
 		{name: "stored-only field", req: patch(`{"name":"a","secret_hash":"00"}`), status: 400, field: "secret_hash"},
 		{name: "workspace in an assign body", req: assign("ws1", `{"role":"WORKSPACE_MEMBER","workspace_id":"ws2"}`), status: 400, field: "workspace_id"},
 		{name: "10 kB field name", req: post(`{"scope":"organization","name":"a","` + strings.Repeat("k", 10_000) + `":1}`), status: 400, field: strings.Repeat("k", 64) + "..."},

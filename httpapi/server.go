@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -405,7 +406,66 @@ func decode(r *http.Request, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return badBody("one JSON object only; trailing data found")
 	}
-	return nil
+	return exactKeys(body)
+}
+
+// exactKeys refuses what encoding/json would quietly accept: a key given twice
+// (the last would win) and a key that only folds to a field's name ("Name",
+// or "ſcope" with U+017F). A proxy or WAF in front of us may read such a body
+// differently from the way we do, so we take only the one reading. Every
+// field of our bodies is lower-case ASCII.
+func exactKeys(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	// One entry per open object or array: the keys seen so far, nil for an
+	// array; and whether the next string in an object is a key.
+	var seen []map[string]bool
+	wantKey := false
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return badBody("malformed JSON")
+		}
+		inObject := len(seen) > 0 && seen[len(seen)-1] != nil
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{':
+				seen = append(seen, map[string]bool{})
+				wantKey = true
+				continue
+			case '[':
+				seen = append(seen, nil)
+			default:
+				seen = seen[:len(seen)-1]
+			}
+		case string:
+			if inObject && wantKey {
+				if !lowerASCII(t) {
+					return domain.Invalid(clipField(t), "unknown field (field names are lower case)")
+				}
+				if seen[len(seen)-1][t] {
+					return domain.Invalid(clipField(t), "given twice")
+				}
+				seen[len(seen)-1][t] = true
+				wantKey = false
+				continue
+			}
+		}
+		// A value ended: in an object, a key comes next.
+		wantKey = len(seen) > 0 && seen[len(seen)-1] != nil
+	}
+}
+
+func lowerASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func isJSON(contentType string) bool {
