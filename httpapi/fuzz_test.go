@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -141,16 +140,7 @@ func fuzzSend(t *testing.T, h *harness, method, path string, body []byte) (int, 
 	}
 	req.Header.Set("Authorization", "Bearer "+h.owner)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, resp.Header, b
+	return send(t, req)
 }
 
 func fuzzLastSeq(t *testing.T, h *harness) uint64 {
