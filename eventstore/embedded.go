@@ -20,11 +20,10 @@ type EmbeddedConfig struct {
 	Listen string
 	// ServerName names the node in logs and cluster views.
 	ServerName string
-	// LedgerPassword, when set, locks the server down: only a client that logs
-	// in as user "ledger" with it may write; everyone else (services on Listen)
-	// may read the stream and run consumers, but cannot publish events, change
-	// or delete the stream. Left empty, the server is open (tests only).
-	LedgerPassword string
+	// Config is nats-server configuration text applied first: the accounts
+	// and authorization that lock the server down (natsaccess.ServerConfig).
+	// Left empty, the server is open to anyone (tests of the store alone).
+	Config string
 	// Sync is when JetStream fsyncs what it stored. Left zero, the server's
 	// default: every two minutes, so a power loss can take the last two
 	// minutes of acknowledged events with it (a process crash loses nothing:
@@ -51,78 +50,24 @@ func ParseSync(s string) (Sync, error) {
 	return Sync{Interval: d}, nil
 }
 
-// LedgerUser is the user the ledger logs in as when LedgerPassword is set.
-const LedgerUser = "ledger"
-
-// LedgerInboxPrefix is the ledger connection's inbox prefix
-// (nats.CustomInboxPrefix). Services may neither read nor write under it, so
-// they cannot learn or feed the replies the ledger's own consumers run on.
-const LedgerInboxPrefix = "_LEDGER_INBOX"
-
-// servicePermissions is what an anonymous client of a locked-down server may
-// do: the JetStream API calls a consumer of its own needs, and nothing that
-// writes to the stream or reaches the ledger's own consumers. Those consumers
-// have random names; services can neither list consumers, nor watch the
-// JetStream API traffic, advisories or system events that would name them,
-// nor pause, delete or unpin a consumer. Even so, the ledger does not rely on
-// this alone: its feed refuses any gap in the stream's sequence (app.Run), so
-// a consumer tampered with is noticed and replaced.
-//
-// A stricter split (the ledger and services in separate NATS accounts, the
-// stream exported read-only) is the production answer for an external
-// cluster; see the README.
-func servicePermissions() *server.Permissions {
-	return &server.Permissions{
-		Publish: &server.SubjectPermission{
-			Allow: []string{
-				"$JS.API.INFO",
-				"$JS.API.STREAM.INFO.*",
-				"$JS.API.STREAM.NAMES",
-				"$JS.API.STREAM.LIST",
-				"$JS.API.STREAM.MSG.GET.*",
-				"$JS.API.DIRECT.GET.>",
-				"$JS.API.CONSUMER.>",
-				"$JS.ACK.>",
-				"$JS.FC.>",
-			},
-			Deny: []string{
-				"$JS.API.CONSUMER.LIST.*",
-				"$JS.API.CONSUMER.NAMES.*",
-				"$JS.API.CONSUMER.PAUSE.>",
-				"$JS.API.CONSUMER.DELETE.>",
-				"$JS.API.CONSUMER.UNPIN.>",
-				"$JS.API.CONSUMER.LEADER.>",
-				LedgerInboxPrefix + ".>",
-			},
-		},
-		Subscribe: &server.SubjectPermission{
-			Allow: []string{">"},
-			Deny:  []string{"$JS.API.>", "$JS.EVENT.>", "$SYS.>", LedgerInboxPrefix + ".>"},
-		},
-	}
-}
-
 // StartEmbedded starts a JetStream-enabled nats-server and waits until it
 // accepts connections. The caller shuts it down with Shutdown and
 // WaitForShutdown.
 func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
-	opts := &server.Options{
-		ServerName: cfg.ServerName,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		// The ledger handles signals itself; nats-server must not exit the process.
-		NoSigs:       true,
-		NoLog:        true,
-		SyncInterval: cfg.Sync.Interval,
-		SyncAlways:   cfg.Sync.Always,
-	}
-	if cfg.LedgerPassword != "" {
-		opts.Users = []*server.User{
-			{Username: LedgerUser, Password: cfg.LedgerPassword},
-			{Username: "service", Permissions: servicePermissions()},
+	opts := &server.Options{}
+	if cfg.Config != "" {
+		if err := opts.ProcessConfigString(cfg.Config); err != nil {
+			return nil, fmt.Errorf("embedded nats configuration: %w", err)
 		}
-		opts.NoAuthUser = "service"
 	}
+	opts.ServerName = cfg.ServerName
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	// The ledger handles signals itself; nats-server must not exit the process.
+	opts.NoSigs = true
+	opts.NoLog = true
+	opts.SyncInterval = cfg.Sync.Interval
+	opts.SyncAlways = cfg.Sync.Always
 	if cfg.Listen == "" {
 		opts.DontListen = true
 	} else {

@@ -3,14 +3,11 @@ package eventstore_test
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -255,115 +252,6 @@ func TestFollowDeliversHistoryThenLiveEvents(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Follow returned %v after cancel", err)
 	}
-}
-
-func TestALockedDownServerLetsServicesReadButNotWrite(t *testing.T) {
-	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", LedgerPassword: "s3cret-for-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-
-	ledgerConn, err := nats.Connect(ns.ClientURL(), nats.UserInfo(eventstore.LedgerUser, "s3cret-for-test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ledgerConn.Close()
-	ljs, _ := jetstream.New(ledgerConn)
-	st, err := eventstore.Open(ctx(t), ljs, eventstore.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, created := mustCreate(t, "acme")
-	a, err := st.Append(ctx(t), created, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// A service connects without credentials, as documented.
-	svc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	sjs, _ := jetstream.New(svc)
-
-	// It can read the history with a consumer...
-	cons, err := sjs.OrderedConsumer(ctx(t), "TOKENS", jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatalf("service cannot create a consumer: %v", err)
-	}
-	msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-	if err != nil || !strings.Contains(msg.Subject(), tok.ID()) {
-		t.Fatalf("service cannot read events: %v", err)
-	}
-
-	// ...but cannot forge an event, update or delete the stream.
-	forged, _, _ := tok.Clone().Rotate(env())
-	body, _ := json.Marshal(forged)
-	short, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := sjs.Publish(short, st.Subject(forged), body); err == nil {
-		t.Fatal("a service published an event into the stream")
-	}
-	if err := sjs.DeleteStream(short, "TOKENS"); err == nil {
-		t.Fatal("a service deleted the stream")
-	}
-	if _, err := sjs.UpdateStream(short, jetstream.StreamConfig{Name: "TOKENS", Subjects: []string{"ledger.tokens.>"}}); err == nil {
-		t.Fatal("a service updated the stream")
-	}
-	if last, _ := st.LastSequence(ctx(t)); last != a.Sequence {
-		t.Fatalf("last sequence %d, want %d: something was written", last, a.Sequence)
-	}
-	// Nor can it find or feed the ledger's own consumers.
-	lctx, lcancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer lcancel()
-	names := svcStream(t, sjs).ConsumerNames(lctx)
-	for range names.Name() {
-		t.Fatal("a service listed consumer names")
-	}
-	if names.Err() == nil {
-		t.Fatal("listing consumer names did not fail")
-	}
-	violations := make(chan error, 4)
-	spy, err := nats.Connect(ns.ClientURL(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spy.Close()
-	forbidden := []func(){
-		func() { _ = spy.Publish(eventstore.LedgerInboxPrefix+".abc", []byte("garbage")) },
-		func() { _, _ = spy.Subscribe("$JS.API.>", func(*nats.Msg) {}) },
-		func() { _, _ = spy.Subscribe(eventstore.LedgerInboxPrefix+".>", func(*nats.Msg) {}) },
-		// Advisories name every consumer the ledger creates.
-		func() { _, _ = spy.Subscribe("$JS.EVENT.ADVISORY.>", func(*nats.Msg) {}) },
-		func() { _, _ = spy.Subscribe("$SYS.>", func(*nats.Msg) {}) },
-		func() { _ = spy.Publish("$JS.API.CONSUMER.PAUSE.TOKENS.x", []byte("{}")) },
-		func() { _ = spy.Publish("$JS.API.CONSUMER.DELETE.TOKENS.x", nil) },
-	}
-	for _, f := range forbidden {
-		f()
-	}
-	_ = spy.Flush()
-	for i := range len(forbidden) {
-		select {
-		case err := <-violations:
-			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
-				t.Fatalf("unexpected error: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("only %d of %d forbidden operations were refused", i, len(forbidden))
-		}
-	}
-}
-
-func svcStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
-	t.Helper()
-	s, err := js.Stream(ctx(t), "TOKENS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 func TestLoadingHistoriesLeavesNoConsumersBehind(t *testing.T) {

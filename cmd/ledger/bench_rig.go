@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 	"github.com/tokenledger/tokenledger/projections"
 )
 
@@ -31,14 +31,14 @@ const benchOrg = "bench"
 
 // benchRig is a ledger as `ledger serve` runs it by default: an embedded,
 // locked-down NATS server on file storage (the ledger writes as its own
-// user over an in-process connection; services connect anonymously on a
-// loopback port and may only read and consume), the token view fed from the
+// user over an in-process connection; services log in with a token on a
+// loopback port and read the services' mirror), the token view fed from the
 // stream, and the HTTP API on a loopback listener. Beside the ledger's own
 // stream it holds a baseline stream, which the raw publishes write to: same
 // configuration, never read by the ledger.
 type benchRig struct {
 	ns          *server.Server
-	natsURL     string // for services: the anonymous service user
+	natsURL     string // for services: log in with a token
 	js          jetstream.JetStream
 	store       *eventstore.Store
 	view        *projections.Tokens
@@ -73,9 +73,16 @@ func startBenchRig(ctx context.Context, dir string, progress io.Writer) (r *benc
 	// The API formats its log line for every request, as `ledger serve`
 	// does; the bench does not print them.
 	r.quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-	password := rand.Text()
+	creds, err := natsaccess.NewCredentials()
+	if err != nil {
+		return nil, err
+	}
+	accounts, err := creds.ServerConfig(eventstore.DefaultConfig().Stream)
+	if err != nil {
+		return nil, err
+	}
 	r.ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
-		StoreDir: filepath.Join(dir, "jetstream"), Listen: "127.0.0.1:0", ServerName: "ledger-bench", LedgerPassword: password,
+		StoreDir: filepath.Join(dir, "jetstream"), Listen: "127.0.0.1:0", ServerName: "ledger-bench", Config: accounts,
 	})
 	if err != nil {
 		return nil, err
@@ -83,12 +90,12 @@ func startBenchRig(ctx context.Context, dir string, progress io.Writer) (r *benc
 	ns := r.ns
 	r.closers = append(r.closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 	r.natsURL = ns.ClientURL()
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password),
-		nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
+	conns, err := natsaccess.Connect("", ns, creds)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+		return nil, err
 	}
-	r.closers = append(r.closers, nc.Close)
+	r.closers = append(r.closers, conns.Close)
+	nc := conns.Ledger
 	if r.js, err = jetstream.New(nc); err != nil {
 		return nil, err
 	}
@@ -114,6 +121,16 @@ func startBenchRig(ctx context.Context, dir string, progress io.Writer) (r *benc
 	}
 	r.owner = app.Caller{Token: owner, RequestID: "bench-request", SourceIP: "127.0.0.1", UserAgent: "ledger-bench"}
 	r.ownerSecret = secret.Reveal()
+	// Services (the notify workload's subscriber) log in with a token, as
+	// under `ledger serve`.
+	scfg := eventstore.DefaultConfig()
+	access, err := natsaccess.Start(ctx, conns, r.ledger, creds, natsaccess.Settings{
+		Stream: scfg.Stream, SubjectPrefix: scfg.SubjectPrefix, Storage: scfg.Storage, Replicas: scfg.Replicas,
+	}, r.quiet)
+	if err != nil {
+		return nil, err
+	}
+	r.closers = append(r.closers, access.Stop)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -120,5 +120,6 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) s
 	root.AddCommand(newAuditCmd(stdout, stderr, getenv, started))
 	root.AddCommand(newEventsCmd(stdout, stderr, getenv, started))
 	root.AddCommand(newBenchCmd(stdout, stderr, started))
+	root.AddCommand(newNATSCmd(stdout, getenv, started))
 	return root
 }

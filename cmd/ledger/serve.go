@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +25,7 @@ import (
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/exporters"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 type serveOptions struct {
@@ -33,11 +33,13 @@ type serveOptions struct {
 	httpAddr   string
 	natsListen string
 	natsURL    string
-	org        string
-	stream     string
-	replicas   int
-	memory     bool
-	rebuild    bool
+	// natsCredentials is the file `ledger nats setup` wrote, for --nats-url.
+	natsCredentials string
+	org             string
+	stream          string
+	replicas        int
+	memory          bool
+	rebuild         bool
 	// snapshotEvery is how often the token view is saved while it changes (0:
 	// only at shutdown).
 	snapshotEvery time.Duration
@@ -61,6 +63,12 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			*started = true
 			if cmd.Flags().Changed("nats-listen") && o.natsURL != "" {
 				return usageError{errors.New("--nats-listen and --nats-url exclude each other: the first runs an embedded server, the second uses yours")}
+			}
+			if o.natsURL != "" && o.natsCredentials == "" {
+				return usageError{errors.New("--nats-url needs --nats-credentials: the file `ledger nats setup` wrote for your servers (the ledger never uses a server that lets anyone in)")}
+			}
+			if o.natsURL == "" && o.natsCredentials != "" {
+				return usageError{errors.New("--nats-credentials goes with --nats-url; the embedded server makes its own")}
 			}
 			if o.natsSync != "" && o.natsURL != "" {
 				return usageError{errors.New("--nats-sync sets the embedded server's fsync; with --nats-url set sync_interval in your servers' configuration")}
@@ -99,6 +107,7 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	f.StringVar(&o.httpAddr, "http", "127.0.0.1:8080", "address of the HTTP API")
 	f.StringVar(&o.natsListen, "nats-listen", "127.0.0.1:4222", "address where the embedded NATS server listens for services")
 	f.StringVar(&o.natsURL, "nats-url", "", "use this NATS server or cluster instead of an embedded one (a cluster: its URLs, comma-separated)")
+	f.StringVar(&o.natsCredentials, "nats-credentials", "", "with --nats-url: the credentials file `ledger nats setup` wrote")
 	f.StringVar(&o.natsSync, "nats-sync", "", `when the embedded server fsyncs: "always" (each event, before it is acknowledged) or a duration (default: every 2m)`)
 	f.StringVar(&o.org, "org", "default", "organization of the bootstrap token made on the first start")
 	f.StringVar(&o.stream, "stream", "TOKENS", "JetStream stream name")
@@ -134,12 +143,19 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		}
 	}
 	n := &node{}
-	var nc *nats.Conn
+	var conns *natsaccess.Conns
+	var creds natsaccess.Credentials
 	var err error
 	if o.natsURL == "" {
-		// A fresh password each start: only this process writes events;
-		// services on --nats-listen may read and consume, never publish.
-		password := rand.Text()
+		// Fresh credentials each start: the embedded server lives and dies
+		// with this process, and services authenticate with their tokens.
+		if creds, err = natsaccess.NewCredentials(); err != nil {
+			return nil, err
+		}
+		accounts, err := creds.ServerConfig(o.stream)
+		if err != nil {
+			return nil, err
+		}
 		var fsync eventstore.Sync
 		if o.natsSync != "" {
 			if fsync, err = eventstore.ParseSync(o.natsSync); err != nil {
@@ -148,20 +164,22 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		}
 		var ns *server.Server
 		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
-			StoreDir:       filepath.Join(o.dataDir, "jetstream"),
-			Listen:         o.natsListen,
-			ServerName:     "ledger",
-			LedgerPassword: password,
-			Sync:           fsync,
+			StoreDir:   filepath.Join(o.dataDir, "jetstream"),
+			Listen:     o.natsListen,
+			ServerName: "ledger",
+			Config:     accounts,
+			Sync:       fsync,
 		})
 		if err != nil {
 			return nil, err
 		}
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		n.natsClientURL = ns.ClientURL()
-		nc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("ledger"), nats.UserInfo(eventstore.LedgerUser, password),
-			nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
+		conns, err = natsaccess.Connect("", ns, creds)
 	} else {
+		if creds, err = natsaccess.LoadCredentials(o.natsCredentials); err != nil {
+			return nil, fmt.Errorf("--nats-credentials: %w", err)
+		}
 		// No reconnect buffer: a command published while the connection is
 		// down must fail now, not be stored minutes later after its caller
 		// was told 503 (a rotation's secret would then be lost).
@@ -170,14 +188,15 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		// partition, a hung process) is noticed by pings: with the default
 		// (two missed pings 2 minutes apart) the ledger would wait minutes
 		// on a dead connection while the rest of the cluster serves.
-		nc, err = nats.Connect(o.natsURL, nats.Name("ledger"), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1),
+		conns, err = natsaccess.Connect(o.natsURL, nil, creds, nats.MaxReconnects(-1), nats.ReconnectBufSize(-1),
 			nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
 	}
 	if err != nil {
 		closeAll()
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+		return nil, err
 	}
-	closers = append(closers, nc.Close)
+	nc := conns.Ledger
+	closers = append(closers, conns.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		closeAll()
@@ -243,6 +262,16 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 			log.Error("snapshot not saved at shutdown", "error", err)
 		}
 	})
+
+	// Services log in to NATS with their tokens from here on.
+	access, err := natsaccess.Start(openCtx, conns, ledger, creds, natsaccess.Settings{
+		Stream: cfg.Stream, SubjectPrefix: cfg.SubjectPrefix, Storage: cfg.Storage, Replicas: cfg.Replicas,
+	}, log)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	closers = append(closers, access.Stop)
 
 	if n.bootstrapPath, err = bootstrap(openCtx, ledger, o, log); err != nil {
 		closeAll()

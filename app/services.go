@@ -1,0 +1,27 @@
+package app
+
+import (
+	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/projections"
+)
+
+// AuthenticateService resolves the secret a service presents to NATS (see
+// natsaccess): its token if the token is active now, noting the use. A
+// rotated-away secret is refused like any other but not reported as reuse
+// here: a service whose secret was rotated reconnects every few seconds
+// with it, and each attempt would be another event.
+func (l *Ledger) AuthenticateService(secret string) (*domain.Token, error) {
+	now := l.now()
+	v := l.view.Verify(secret, now)
+	if v.Outcome != projections.OutcomeActive {
+		return nil, ErrUnauthenticated
+	}
+	l.view.MarkUsed(v, now)
+	return v.Token(), nil
+}
+
+// Current is a token as the view has it now, deleted or not.
+func (l *Ledger) Current(org, id string) (*domain.Token, bool) {
+	t, _, ok := l.view.Get(org, id)
+	return t, ok
+}
