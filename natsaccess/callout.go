@@ -1,7 +1,6 @@
 package natsaccess
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,8 +111,7 @@ func (c *Callout) userFor(req *jwt.AuthorizationRequestClaims) (string, error) {
 	g := GrantFor(t, secret, c.stream, c.subjectPrefix)
 	uc := jwt.NewUserClaims(req.UserNkey)
 	uc.Audience = ServicesAccount
-	uc.Name = nameTag(t)
-	uc.Tags.Add(grantTags(t, g.Filter)...)
+	uc.Name = nameTag(t, g.Filter)
 	uc.Pub.Allow.Add(g.Publish...)
 	uc.Sub.Allow.Add(g.Subscribe...)
 	if exp := t.ExpiresAt(); !exp.IsZero() {
@@ -124,29 +122,16 @@ func (c *Callout) userFor(req *jwt.AuthorizationRequestClaims) (string, error) {
 	return uc.Encode(c.issuer)
 }
 
-// grantTags are what the revoker reads back from the servers' connection
-// lists: which token a connection is, and the fingerprint of its grant.
-// Servers lower-case tags, so the ids are hex-encoded.
-func grantTags(t *domain.Token, filter string) []string {
-	return []string{
-		tagToken + hex.EncodeToString([]byte(t.ID())),
-		tagOrg + hex.EncodeToString([]byte(t.OrganizationID())),
-		tagGrant + fingerprint(t, filter),
-	}
+// nameTag is a connection's user name: its token, organization and grant
+// fingerprint. The revoker reads it back from the servers' connection lists
+// (a callout's user keeps its name there, not its tags), and WhoAmI from
+// the server. Ids hold neither '@' nor '/'.
+func nameTag(t *domain.Token, filter string) string {
+	return t.ID() + "@" + t.OrganizationID() + "/" + fingerprint(t, filter)
 }
 
-const (
-	tagToken = "tl-token:"
-	tagOrg   = "tl-org:"
-	tagGrant = "tl-grant:"
-)
-
-// nameTag is a connection's user name: its token and organization, which the
-// revoker reads back from the servers' connection lists and WhoAmI from the
-// server.
-func nameTag(t *domain.Token) string { return t.ID() + "@" + t.OrganizationID() }
-
-func parseNameTag(s string) (id, org string, ok bool) {
-	id, org, ok = strings.Cut(s, "@")
-	return id, org, ok && id != "" && org != ""
+func parseNameTag(s string) (id, org, grant string, ok bool) {
+	id, rest, ok1 := strings.Cut(s, "@")
+	org, grant, ok2 := strings.Cut(rest, "/")
+	return id, org, grant, ok1 && ok2 && id != "" && org != "" && grant != ""
 }

@@ -57,6 +57,9 @@ func Options(secret string) []nats.Option {
 type Identity struct {
 	TokenID        string
 	OrganizationID string
+	// Stream is the services' stream the token's consumers are on (named
+	// like the ledger's).
+	Stream string
 	// Filter is the widest subject the token may read: all of its
 	// organization's events, or its own token's.
 	Filter string
@@ -98,9 +101,9 @@ func WhoAmI(ctx context.Context, nc *nats.Conn) (Identity, error) {
 	if resp.Data == nil || resp.Data.Permissions == nil || resp.Data.Permissions.Publish == nil {
 		return Identity{}, errors.New("this connection did not authenticate with a TokenLedger token")
 	}
-	tokenID, _, ok := parseNameTag(resp.Data.User)
+	tokenID, _, _, ok := parseNameTag(resp.Data.User)
 	if !ok {
-		tokenID, _, _ = parseNameTag(resp.Data.UserName)
+		tokenID, _, _, _ = parseNameTag(resp.Data.UserName)
 	}
 	return identityOf(tokenID, resp.Data.Permissions.Publish.Allow)
 }
@@ -119,6 +122,7 @@ func identityOf(tokenID string, allow []string) (Identity, error) {
 		if len(parts) != 3 {
 			continue
 		}
+		id.Stream = parts[0]
 		id.Consumers = append(id.Consumers, parts[1])
 		id.Filter = parts[2]
 	}

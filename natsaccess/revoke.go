@@ -2,11 +2,9 @@ package natsaccess
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,7 +59,7 @@ func (r *Revoker) Run(ctx context.Context, interval time.Duration) {
 type serviceConn struct {
 	server string
 	cid    uint64
-	tags   []string
+	user   string // the name the callout gave it (nameTag)
 }
 
 // Sweep looks once and returns how many connections it cut.
@@ -88,18 +86,8 @@ func (r *Revoker) Sweep(ctx context.Context) (int, error) {
 
 // verdict says why a connection must be cut, or "" if it may stay.
 func (r *Revoker) verdict(c serviceConn) string {
-	var id, org, grant string
-	for _, tag := range c.tags {
-		switch {
-		case strings.HasPrefix(tag, tagToken):
-			id = unhex(tag[len(tagToken):])
-		case strings.HasPrefix(tag, tagOrg):
-			org = unhex(tag[len(tagOrg):])
-		case strings.HasPrefix(tag, tagGrant):
-			grant = tag[len(tagGrant):]
-		}
-	}
-	if id == "" || org == "" || grant == "" {
+	id, org, grant, ok := parseNameTag(c.user)
+	if !ok {
 		// Every SERVICES user comes from the callout, with these tags.
 		return "not a connection the ledger authorized"
 	}
@@ -114,14 +102,6 @@ func (r *Revoker) verdict(c serviceConn) string {
 		return "token rotated or changed since the connection was authorized"
 	}
 	return ""
-}
-
-func unhex(s string) string {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		return ""
-	}
-	return string(b)
 }
 
 // connzPage is how many connections one answer lists.
@@ -179,9 +159,9 @@ func (r *Revoker) connzPage(ctx context.Context, offset int) ([]serviceConn, boo
 			Data *struct {
 				Total int `json:"total"`
 				Conns []struct {
-					Cid     uint64   `json:"cid"`
-					Account string   `json:"account"`
-					Tags    []string `json:"tags"`
+					Cid     uint64 `json:"cid"`
+					Account string `json:"account"`
+					User    string `json:"authorized_user"`
 				} `json:"connections"`
 			} `json:"data"`
 		}
@@ -192,7 +172,7 @@ func (r *Revoker) connzPage(ctx context.Context, offset int) ([]serviceConn, boo
 			if c.Account != ServicesAccount {
 				continue
 			}
-			out = append(out, serviceConn{server: resp.Server.ID, cid: c.Cid, tags: c.Tags})
+			out = append(out, serviceConn{server: resp.Server.ID, cid: c.Cid, user: c.User})
 		}
 		if offset+len(resp.Data.Conns) < resp.Data.Total {
 			more = true

@@ -77,7 +77,7 @@ func startBenchRig(ctx context.Context, dir string, progress io.Writer) (r *benc
 	if err != nil {
 		return nil, err
 	}
-	accounts, err := creds.ServerConfig(eventstore.DefaultConfig().Stream)
+	accounts, err := creds.EmbeddedConfig(eventstore.DefaultConfig().Stream)
 	if err != nil {
 		return nil, err
 	}

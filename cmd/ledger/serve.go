@@ -152,7 +152,7 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		if creds, err = natsaccess.NewCredentials(); err != nil {
 			return nil, err
 		}
-		accounts, err := creds.ServerConfig(o.stream)
+		accounts, err := creds.EmbeddedConfig(o.stream)
 		if err != nil {
 			return nil, err
 		}

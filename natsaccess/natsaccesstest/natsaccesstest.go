@@ -7,6 +7,7 @@ package natsaccesstest
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -47,6 +48,8 @@ type Options struct {
 	RevokeEvery time.Duration
 	// Storage of the stream and the mirror (zero: file).
 	Storage jetstream.StorageType
+	// Log gets the callout's and the revoker's log (nil: none).
+	Log *slog.Logger
 }
 
 // Start runs a ledger until the test ends.
@@ -60,7 +63,7 @@ func Start(tb testing.TB, o Options) *Ledger {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	accounts, err := creds.ServerConfig(cfg.Stream)
+	accounts, err := creds.EmbeddedConfig(cfg.Stream)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -88,7 +91,7 @@ func Start(tb testing.TB, o Options) *Ledger {
 	tb.Cleanup(app.Feed(store, view, nil))
 	access, err := natsaccess.Start(ctx, conns, l, creds, natsaccess.Settings{
 		Stream: cfg.Stream, SubjectPrefix: cfg.SubjectPrefix, Storage: cfg.Storage, Replicas: cfg.Replicas, RevokeEvery: o.RevokeEvery,
-	}, nil)
+	}, o.Log)
 	if err != nil {
 		tb.Fatal(err)
 	}
