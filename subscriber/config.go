@@ -32,7 +32,8 @@ const (
 )
 
 // StartNew delivers only events stored after the durable is created (the
-// default).
+// default). Services read a mirror of the ledger's stream, which follows it
+// within milliseconds: "after" is after the mirror has them.
 func StartNew() Start { return Start{} }
 
 // StartFirst delivers the whole history.
@@ -106,29 +107,43 @@ const (
 	PoisonBuffer = 1024
 )
 
-// Config configures a Subscriber. Only Durable is required.
+// Config configures a Subscriber. Token and Durable are required.
 type Config struct {
 	// URL is the NATS server; default nats.DefaultURL, where `ledger serve`'s
 	// embedded server listens (--nats-listen 127.0.0.1:4222).
 	URL string
-	// NATSOptions are extra connection options (credentials, TLS, name).
-	// The subscriber reconnects forever unless one of them says otherwise.
+	// Token is the service's TokenLedger API token (its secret), with which
+	// it logs in to the ledger's NATS servers: they let no service in
+	// without one. Required. What the token may read bounds what the
+	// subscriber gets: an organization token, all of its organization's
+	// events; a workspace or deployment token, only its own token's. The
+	// subscriber never logs or prints it.
+	Token string
+	// NATSOptions are extra connection options (TLS, a name, handlers). The
+	// subscriber reconnects forever unless one of them says otherwise. The
+	// token and its inbox prefix (natsaccess.Options) are applied after
+	// them: credentials given here are overridden.
 	NATSOptions []nats.Option
-	// Stream is the ledger's stream; default "TOKENS". The subscriber never
-	// creates or changes it.
+	// Stream is the ledger's stream; default "TOKENS". Services read the
+	// mirror of it that has the same name. The subscriber never creates or
+	// changes it.
 	Stream string
 	// SubjectPrefix is the stream's subject prefix; default "ledger.tokens".
 	SubjectPrefix string
 	// Durable names the durable consumer, which keeps this service's position
-	// in the stream across restarts. Required. Services with different names
-	// each get every event; instances of one service sharing a name split them
-	// (and then lose per-token order across instances: run one).
+	// in the stream across restarts. Required. Each token has its own
+	// consumers, so the name is the token's: services with different tokens
+	// never share a durable, whatever they call it, and each gets every
+	// event it may read. Instances with the same token and name split the
+	// events (and then lose per-token order across instances: run one). A
+	// token has room for natsaccess.MaxConsumers durables.
 	Durable string
 	// Start is where the durable begins when it is first created; ignored
 	// when it exists.
 	Start Start
-	// OrganizationID limits delivery to one organization's events; "" means
-	// every organization.
+	// OrganizationID, if set, must be the token's organization (Run checks
+	// it when it connects): a token reads only its own organization's
+	// events, and "" means just that.
 	OrganizationID string
 	// AckWait is how long JetStream waits for an event's ack before it
 	// delivers the event again (after a crash); default 30s. It must exceed
@@ -178,6 +193,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.SubjectPrefix = DefaultSubjectPrefix
 	} else if err := checkSubjectPrefix(c.SubjectPrefix); err != nil {
 		errs = append(errs, fmt.Errorf("SubjectPrefix %q: %w", c.SubjectPrefix, err))
+	}
+	if c.Token == "" {
+		errs = append(errs, errors.New("Token is required: the service's TokenLedger API token (its secret), which the ledger's NATS servers ask of every service"))
 	}
 	if c.Durable == "" {
 		errs = append(errs, errors.New("Durable is required: the durable consumer's name, one per service (e.g. \"billing-cache\")"))

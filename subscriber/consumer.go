@@ -3,9 +3,7 @@ package subscriber
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +14,8 @@ import (
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // Metadata keys the subscriber adds to each Watermill message (and so to
@@ -26,29 +26,25 @@ const (
 	MetadataDelivered = "num_delivered"
 )
 
-// durable binds the durable consumer if it exists, else creates it. It
-// never creates or changes the stream, and nothing ever deletes the durable,
-// so a restart resumes where the last run stopped.
-func (s *Subscriber) durable(ctx context.Context, js jetstream.JetStream, filters []string) (jetstream.Consumer, error) {
-	stream, err := js.Stream(ctx, s.cfg.Stream)
-	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", s.cfg.Stream, err)
-	}
-	c, err := s.bind(ctx, stream, filters)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		cfg := s.consumerConfig(filters)
-		s.cfg.Start.apply(&cfg)
-		c, err = stream.CreateConsumer(ctx, cfg)
-		if errors.Is(err, jetstream.ErrConsumerExists) {
-			c, err = s.bind(ctx, stream, filters) // another instance created it first
-		}
-		if err == nil {
-			s.cfg.Logger.Info("created durable consumer", watermill.LogFields{"durable": s.cfg.Durable, "start": s.cfg.Start.String(), "filters": strings.Join(filters, " ")})
-		}
-	}
+// durable claims the service's durable consumer among its token's consumer
+// names (natsaccess.ClaimConsumer): the one that holds Config.Durable,
+// brought to filter and to what the subscriber relies on, or else a new one
+// that begins where Config.Start says. It never creates or changes the
+// stream, and nothing deletes the durable, so a restart resumes where the
+// last run stopped, also with a rotated secret of the same token (the
+// consumer names are the token's, not the secret's).
+func (s *Subscriber) durable(ctx context.Context, js jetstream.JetStream, id natsaccess.Identity, filter string) (jetstream.Consumer, error) {
+	cfg := s.consumerConfig(filter)
+	s.cfg.Start.apply(&cfg)
+	c, err := natsaccess.ClaimConsumer(ctx, js, s.cfg.Stream, id, s.cfg.Durable, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("durable consumer %s on stream %s: %w", s.cfg.Durable, s.cfg.Stream, err)
 	}
+	info := c.CachedInfo()
+	s.cfg.Logger.Info("durable consumer ready", watermill.LogFields{
+		"durable": s.cfg.Durable, "consumer": info.Name, "filter": filter, "start": s.cfg.Start.String(),
+		"ack_floor": info.AckFloor.Stream, "pending": info.NumPending,
+	})
 	return c, nil
 }
 
@@ -62,60 +58,21 @@ func initializer(c jetstream.Consumer, g *gate, keepAlive time.Duration) wmjs.Re
 }
 
 // consumerConfig is the durable's configuration, but for where it starts.
+// One FilterSubject: the server checks it against what the token may read.
 // MaxAckPending 1: JetStream hands out the next event only once the last one
 // is acked, so an event that comes again (its ack lost in a crash) comes
 // before any later one, and per-token order holds across redeliveries.
 // MaxDeliver is unlimited: a failing event is parked, not dropped.
-func (s *Subscriber) consumerConfig(filters []string) jetstream.ConsumerConfig {
+func (s *Subscriber) consumerConfig(filter string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:        s.cfg.Durable,
-		Description:    "TokenLedger subscriber",
-		FilterSubjects: filters,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        s.cfg.AckWait,
-		MaxAckPending:  1,
-		MaxDeliver:     -1,
-		ReplayPolicy:   jetstream.ReplayInstantPolicy,
+		Description:   "TokenLedger subscriber " + s.cfg.Durable,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxAckPending: 1,
+		MaxDeliver:    -1,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
 	}
-}
-
-// bind looks the durable up and brings what the subscriber relies on
-// (filters, ack wait, one pending ack) to this configuration, so that a
-// handler added in a new release gets its events; where it starts is never
-// changed (JetStream refuses that anyway).
-func (s *Subscriber) bind(ctx context.Context, stream jetstream.Stream, filters []string) (jetstream.Consumer, error) {
-	c, err := stream.Consumer(ctx, s.cfg.Durable)
-	if err != nil {
-		return nil, err
-	}
-	have := c.CachedInfo().Config
-	if have.AckPolicy != jetstream.AckExplicitPolicy {
-		return nil, fmt.Errorf("it exists with ack policy %s, not explicit: choose another Durable", have.AckPolicy)
-	}
-	current := have.FilterSubjects
-	if have.FilterSubject != "" {
-		current = []string{have.FilterSubject}
-	}
-	want := s.consumerConfig(filters)
-	if sameSet(current, filters) && have.AckWait == want.AckWait && have.MaxAckPending == want.MaxAckPending && have.MaxDeliver == want.MaxDeliver {
-		return c, nil
-	}
-	upd := have
-	upd.FilterSubject, upd.FilterSubjects = "", filters
-	upd.AckWait, upd.MaxAckPending, upd.MaxDeliver = want.AckWait, want.MaxAckPending, want.MaxDeliver
-	c, err = stream.UpdateConsumer(ctx, upd)
-	if err != nil {
-		return nil, fmt.Errorf("update to filters %v: %w", filters, err)
-	}
-	s.cfg.Logger.Info("updated durable consumer", watermill.LogFields{"durable": s.cfg.Durable, "filters": strings.Join(filters, " ")})
-	return c, nil
-}
-
-func sameSet(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
 }
 
 // gatedConsumer wraps the durable so that a stop can be graceful:

@@ -19,9 +19,10 @@ func Example() {
 	var verified sync.Map // token id -> whatever the service keeps
 
 	s, err := subscriber.New(subscriber.Config{
-		URL:     "nats://127.0.0.1:4222", // `ledger serve --nats-listen`
-		Durable: "billing-token-cache",   // one name per service
-		Start:   subscriber.StartNew(),   // where a new durable begins
+		URL:     "nats://127.0.0.1:4222",       // `ledger serve --nats-listen`
+		Token:   os.Getenv("LEDGER_API_TOKEN"), // the service's own token
+		Durable: "billing-token-cache",         // one name per service
+		Start:   subscriber.StartNew(),         // where a new durable begins
 	})
 	if err != nil {
 		log.Fatal(err)

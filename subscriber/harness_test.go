@@ -3,71 +3,79 @@ package subscriber_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/projections"
+	"github.com/tokenledger/tokenledger/natsaccess"
+	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
 	"github.com/tokenledger/tokenledger/subscriber"
 )
 
 // wait bounds every wait on a channel in these tests.
 const wait = 30 * time.Second
 
-const ledgerPassword = "s3cret-for-test"
-
-// harness is a ledger as `ledger serve` runs it: an embedded server locked
-// down with a ledger password, the ledger writing as user "ledger", and
-// services (the subscribers) connecting anonymously as the read-only
-// "service" user.
+// harness is a ledger as `ledger serve` runs it (natsaccesstest): an
+// embedded server with the ledger's accounts, the ledger writing as itself,
+// and services (the subscribers) logging in with their TokenLedger tokens to
+// read the services' mirror of the stream.
 type harness struct {
-	ns      *server.Server
+	l       *natsaccesstest.Ledger
 	url     string
 	store   *eventstore.Store
 	ledger  *app.Ledger
 	owner   app.Caller
 	ledgerJ jetstream.JetStream // the ledger's own connection, for raw writes
+	// secret is an ORGANIZATION_MEMBER token of acme (stream sequence 2):
+	// the token subscribers use unless a test gives another.
+	secret  string
+	tokenID string
 }
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", LedgerPassword: ledgerPassword})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(eventstore.LedgerUser, ledgerPassword), nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	l := natsaccesstest.Start(t, natsaccesstest.Options{})
+	tok, secret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "service", Role: string(domain.RoleOrganizationMember)})
+	return &harness{l: l, url: l.URL, store: l.Store, ledger: l.App, owner: l.Owner, ledgerJ: l.LedgerJS, secret: secret, tokenID: tok.ID()}
+}
+
+// token makes a token of acme for a service and returns its id and secret.
+func (h *harness) token(t testing.TB, cmd domain.CreateToken) (string, string) {
+	t.Helper()
+	tok, secret := h.l.Token(t, cmd)
+	return tok.ID(), secret
+}
+
+// otherOrgToken writes an ORGANIZATION_MEMBER token of another organization
+// straight through the event store (the ledger makes a second organization
+// no other way) and returns its secret once the view has it, so that the
+// ledger lets it in.
+func (h *harness) otherOrgToken(t testing.TB, org string) string {
+	t.Helper()
+	_, e, secret, err := domain.Create(domain.CreateToken{OrganizationID: org, Scope: "organization", Name: "service", Role: string(domain.RoleOrganizationMember)},
+		domain.Env{Now: time.Now(), Rand: rand.Reader, Actor: domain.Actor{TokenID: domain.SystemActor}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	store, err := eventstore.Open(ctx, js, eventstore.DefaultConfig())
+	a, err := h.store.Append(ctx, e, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := projections.NewTokens()
-	l := app.New(store, view)
-	t.Cleanup(app.Feed(store, view, nil))
-	owner, _, err := l.Bootstrap(ctx, "acme", nil) // stream sequence 1
-	if err != nil || owner == nil {
-		t.Fatalf("bootstrap: %v", err)
+	if err := h.l.View.WaitFor(ctx, a.Sequence); err != nil {
+		t.Fatal(err)
 	}
-	return &harness{ns: ns, url: ns.ClientURL(), store: store, ledger: l, ledgerJ: js,
-		owner: app.Caller{Token: owner, RequestID: "req-1", SourceIP: "127.0.0.1", UserAgent: "subscriber-test"}}
+	return secret.Reveal()
 }
 
 // lifecycle runs a token through the ledger: created, renamed, rotated
@@ -96,6 +104,10 @@ func (h *harness) lifecycle(name string) (string, error) {
 }
 
 const eventsPerLifecycle = 5
+
+// base is how many events the stream holds when a test begins: the
+// bootstrap owner's creation and the harness token's.
+const base = 2
 
 // lifecycles runs n token lifecycles, `parallel` at a time, so that the
 // tokens' events interleave in the stream.
@@ -150,26 +162,165 @@ func (h *harness) last(t testing.TB) uint64 {
 	return n
 }
 
-// consumerInfo reads a durable's state as a service would.
+// consumerInfo reads the state of a durable of the harness's token, as the
+// service would.
 func (h *harness) consumerInfo(t testing.TB, durable string) *jetstream.ConsumerInfo {
 	t.Helper()
-	nc, err := nats.Connect(h.url)
+	return h.consumerOf(t, h.secret, durable)
+}
+
+// consumerOf finds, among the consumer names of the token whose secret this
+// is, the one that holds durable, and reads its state over a connection of
+// that token.
+func (h *harness) consumerOf(t testing.TB, secret, durable string) *jetstream.ConsumerInfo {
+	t.Helper()
+	nc, err := h.l.Service(t, secret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	c, err := js.Consumer(ctx, "TOKENS", durable)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := c.Info(ctx)
+	info, err := findDurable(ctx, nc, durable)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return info
+}
+
+func findDurable(ctx context.Context, nc *nats.Conn, durable string) (*jetstream.ConsumerInfo, error) {
+	id, err := natsaccess.WhoAmI(ctx, nc)
+	if err != nil {
+		return nil, err
+	}
+	js, _ := jetstream.New(nc)
+	for _, name := range id.Consumers {
+		c, err := js.Consumer(ctx, "TOKENS", name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if c.CachedInfo().Config.Metadata[natsaccess.MetadataDurable] == durable {
+			return c.Info(ctx)
+		}
+	}
+	return nil, fmt.Errorf("no consumer of token %s holds durable %s", id.TokenID, durable)
+}
+
+// waitAcked waits until the durable has acked every event up to seq.
+func (h *harness) waitAcked(t testing.TB, secret, durable string, seq uint64) {
+	t.Helper()
+	nc, err := h.l.Service(t, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for {
+		info, err := findDurable(ctx, nc, durable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.AckFloor.Stream >= seq && info.NumAckPending == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("durable %s: ack floor %d, %d pending acks after %v; want everything up to %d acked", durable, info.AckFloor.Stream, info.NumAckPending, wait, seq)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// watched is a service's connection whose refusals a test can wait for: the
+// server answers a forbidden request with an asynchronous permissions
+// violation, and the request itself with silence.
+type watched struct {
+	js   jetstream.JetStream
+	errs chan error
+}
+
+func connectWatched(t testing.TB, url, secret string) *watched {
+	t.Helper()
+	w := &watched{errs: make(chan error, 64)}
+	nc, err := nats.Connect(url, append(natsaccess.Options(secret), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case w.errs <- err:
+		default:
+		}
+	}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	w.js, _ = jetstream.New(nc)
+	return w
+}
+
+// refused runs do, which must be refused by the server's permissions for
+// subject, and fails the test unless that violation arrives and do fails.
+func (w *watched) refused(t testing.TB, subject string, do func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- do(ctx) }()
+	var result error
+	finished := false
+	for {
+		select {
+		case err := <-w.errs:
+			if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), subject) {
+				continue
+			}
+			cancel() // the request itself would wait for its timeout
+			if !finished {
+				result = <-done
+			}
+			if result == nil {
+				t.Fatalf("%s: the server refused it, yet it succeeded", subject)
+			}
+			return
+		case err := <-done:
+			if err == nil {
+				t.Fatalf("%s: allowed", subject)
+			}
+			// The violation may still be on its way.
+			result, finished, done = err, true, nil
+		case <-ctx.Done():
+			t.Fatalf("%s: no permissions violation within %v", subject, wait)
+		}
+	}
+}
+
+// mirrored waits until the services' mirror holds stream sequence seq:
+// what "new" means to a durable created now is new to the mirror, which
+// follows the ledger's stream within milliseconds.
+func (h *harness) mirrored(t testing.TB, seq uint64) {
+	t.Helper()
+	js, err := jetstream.NewWithAPIPrefix(h.l.Conns.Ledger, natsaccess.ServicesAPIPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for {
+		s, err := js.Stream(ctx, "TOKENS")
+		if err != nil {
+			t.Fatalf("the services' mirror: %v", err)
+		}
+		if s.CachedInfo().State.LastSeq >= seq {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the services' mirror did not reach sequence %d within %v", seq, wait)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // running is a subscriber whose Run was started.
@@ -181,12 +332,17 @@ type running struct {
 	err    error
 }
 
-// start creates a subscriber on the harness's server (as the anonymous
-// service user), lets register add handlers, runs it and waits until it
-// consumes. It is stopped when the test ends, if not before.
+// start creates a subscriber on the harness's server (with the harness's
+// token unless cfg has one), lets register add handlers, runs it and waits
+// until it consumes. A new durable starting at new events starts after
+// everything stored so far. It is stopped when the test ends, if not before.
 func (h *harness) start(t testing.TB, cfg subscriber.Config, register func(*subscriber.Subscriber)) *running {
 	t.Helper()
 	cfg.URL = h.url
+	if cfg.Token == "" {
+		cfg.Token = h.secret
+	}
+	h.mirrored(t, h.last(t))
 	s, err := subscriber.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // Event is one delivered event.
@@ -158,9 +159,12 @@ func isPermanent(err error) bool {
 
 // Run consumes events until ctx ends, then stops taking new ones, lets the
 // event in flight finish (for at most ShutdownTimeout), acks it, and returns
-// nil. It returns an error if it cannot start (no such stream, the server
-// unreachable, no handler registered) or if consuming fails for good (the
-// durable was deleted, the connection closed). Run may be called once.
+// nil. It returns an error if it cannot start (the server unreachable, the
+// token refused, an OrganizationID or Stream the token does not read, all
+// of the token's consumer names taken, no handler registered) or if
+// consuming fails for good (the durable was deleted, the connection closed:
+// after a rotation or deletion of the token the ledger cuts it and the
+// server refuses it from then on). Run may be called once.
 //
 // Delivery is at least once: an event is acked after its handlers return
 // nil, or after it was parked. Events come one at a time in stream order,
@@ -187,8 +191,20 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	}
 	log := s.cfg.Logger.With(watermill.LogFields{"durable": s.cfg.Durable})
 
-	opts := append([]nats.Option{nats.Name("tokenledger subscriber " + s.cfg.Durable), nats.MaxReconnects(-1)}, s.cfg.NATSOptions...)
+	opts := append([]nats.Option{
+		nats.Name("tokenledger subscriber " + s.cfg.Durable),
+		nats.MaxReconnects(-1),
+		// What the server refuses goes to the Logger, not to the process's
+		// stderr (nats.go's default).
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Error("NATS", err, nil)
+		}),
+	}, s.cfg.NATSOptions...)
+	opts = append(opts, natsaccess.Options(s.cfg.Token)...)
 	nc, err := nats.Connect(s.cfg.URL, opts...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("subscriber %s: NATS at %s refused Token: %w (not an active TokenLedger token: rotated, deleted or expired?)", s.cfg.Durable, s.cfg.URL, err)
+	}
 	if err != nil {
 		return fmt.Errorf("subscriber %s: connect to NATS at %s: %w", s.cfg.Durable, s.cfg.URL, err)
 	}
@@ -198,13 +214,27 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
 	}
-	consumer, err := s.durable(ctx, js, s.filters(handlers))
+	setup, cancelSetup := context.WithTimeout(ctx, setupTimeout)
+	defer cancelSetup()
+	id, err := natsaccess.WhoAmI(setup, nc)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
 	}
+	want, filter, err := s.filter(id, handlers)
+	if err != nil {
+		return fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
+	}
+	consumer, err := s.durable(setup, js, id, filter)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
+	}
+	cancelSetup()
 
 	// The router and the messages run on a context of their own, so that
 	// handlers in flight are not cancelled the moment ctx ends.
@@ -282,19 +312,26 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}.Middleware,
 		middleware.Recoverer,
 	)
-	router.AddConsumerHandler(s.cfg.Durable, s.cfg.Stream, wmSub, s.dispatch(handlers))
+	router.AddConsumerHandler(s.cfg.Durable, s.cfg.Stream, wmSub, s.dispatch(handlers, want))
 
 	routerDone := make(chan error, 1)
 	go func() { routerDone <- router.Run(runCtx) }()
 
 	var runErr error
+	closed := false
 	select {
 	case <-router.Running():
 		close(s.running)
 		select {
 		case <-ctx.Done():
+		case <-connClosed:
+			closed = true
+			runErr = s.closedErr(nc)
 		case err := <-fatal:
 			runErr = fmt.Errorf("subscriber %s: consuming stopped: %w", s.cfg.Durable, err)
+			if nc.IsClosed() {
+				runErr = s.closedErr(nc)
+			}
 		case err := <-routerDone:
 			routerDone <- err
 			runErr = fmt.Errorf("subscriber %s: router stopped: %v", s.cfg.Durable, err)
@@ -322,23 +359,50 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	if err := <-routerDone; err != nil && runErr == nil {
 		runErr = fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
 	}
-	select {
-	case <-connClosed:
-	case <-time.After(5 * time.Second):
+	if !closed {
+		select {
+		case <-connClosed:
+		case <-time.After(5 * time.Second):
+		}
 	}
 	return runErr
 }
 
-// dispatch decodes an event and hands it to the handlers of its type.
-func (s *Subscriber) dispatch(handlers []entry) message.NoPublishHandlerFunc {
+// setupTimeout bounds what Run asks the server before it consumes.
+const setupTimeout = 30 * time.Second
+
+// closedErr says why the connection closed for good: most often the ledger
+// cut it because the token was rotated or deleted, and the server then
+// refused it. The durable is the token's: started again with the token's
+// current secret, the subscriber resumes where it was.
+func (s *Subscriber) closedErr(nc *nats.Conn) error {
+	err := nc.LastError()
+	if err == nil {
+		err = nats.ErrConnectionClosed
+	}
+	if errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("subscriber %s: the NATS connection closed: %w (the ledger refuses Token: rotated, deleted or expired? Run again with the token's current secret: the durable resumes where it was)", s.cfg.Durable, err)
+	}
+	return fmt.Errorf("subscriber %s: the NATS connection closed: %w", s.cfg.Durable, err)
+}
+
+// dispatch decodes an event and hands it to the handlers of its type. An
+// event of a type no handler takes (want is nil when some handler takes
+// every type) is acked without being decoded: the durable's one filter may
+// be wider than the handlers' types.
+func (s *Subscriber) dispatch(handlers []entry, want map[domain.EventType]bool) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
+		subject := msg.Metadata.Get(MetadataSubject)
+		if want != nil && !want[domain.EventType(subject[strings.LastIndexByte(subject, '.')+1:])] {
+			return nil
+		}
 		seq, _ := strconv.ParseUint(msg.Metadata.Get(MetadataSequence), 10, 64)
 		delivered, _ := strconv.ParseUint(msg.Metadata.Get(MetadataDelivered), 10, 64)
 		var e domain.Event
 		if err := json.Unmarshal(msg.Payload, &e); err != nil {
 			return Permanent(fmt.Errorf("undecodable event at stream sequence %d: %w", seq, err))
 		}
-		if err := s.checkSubject(msg.Metadata.Get(MetadataSubject), e); err != nil {
+		if err := s.checkSubject(subject, e); err != nil {
 			return Permanent(fmt.Errorf("event %s at stream sequence %d: %w", e.ID, seq, err))
 		}
 		ev := Event{Event: e, Sequence: seq, Delivered: delivered}
@@ -368,28 +432,43 @@ func (s *Subscriber) checkSubject(subject string, e domain.Event) error {
 	return nil
 }
 
-// filters are the durable's subject filters: the registered types, for the
-// organization or all of them.
-func (s *Subscriber) filters(handlers []entry) []string {
-	org := s.cfg.OrganizationID
-	if org == "" {
-		org = "*"
+// filter is the durable's one subject filter: the narrowest subject that
+// covers the registered types within what the token may read. One type:
+// that type's events of the token's organization (an organization token)
+// or of the token itself (a workspace or deployment token). Several, or
+// OnAny: everything the token may read; want then names the types to hand
+// on (nil: all of them), and the others are acked unseen.
+func (s *Subscriber) filter(id natsaccess.Identity, handlers []entry) (want map[domain.EventType]bool, filter string, err error) {
+	if id.Stream != "" && id.Stream != s.cfg.Stream {
+		return nil, "", fmt.Errorf("Stream %q: this token's consumers are on stream %q", s.cfg.Stream, id.Stream)
 	}
-	base := s.cfg.SubjectPrefix + "." + org + ".*."
-	want := map[domain.EventType]bool{}
+	if !strings.HasPrefix(id.Filter, s.cfg.SubjectPrefix+".") {
+		return nil, "", fmt.Errorf("SubjectPrefix %q: this token reads %s", s.cfg.SubjectPrefix, id.Filter)
+	}
+	if org := s.cfg.OrganizationID; org != "" && org != id.OrganizationID {
+		return nil, "", fmt.Errorf("OrganizationID %q: the token belongs to organization %q and reads only its events; leave OrganizationID empty or set it to %q", org, id.OrganizationID, id.OrganizationID)
+	}
+	want = map[domain.EventType]bool{}
 	for _, h := range handlers {
 		if h.typ == "" {
-			return []string{base + "*"}
+			return nil, id.Filter, nil
 		}
 		want[h.typ] = true
 	}
-	var out []string
-	for _, t := range domain.EventTypes {
-		if want[t] {
-			out = append(out, base+string(t))
-		}
+	if len(want) > 1 {
+		return want, id.Filter, nil
 	}
-	return out
+	var typ string
+	for t := range want {
+		typ = string(t)
+	}
+	switch {
+	case strings.HasSuffix(id.Filter, ".>"): // <prefix>.<org>.>
+		return want, strings.TrimSuffix(id.Filter, ">") + "*." + typ, nil
+	case strings.HasSuffix(id.Filter, ".*"): // <prefix>.<org>.<token>.*
+		return want, strings.TrimSuffix(id.Filter, "*") + typ, nil
+	}
+	return want, id.Filter, nil
 }
 
 // memoryQueue is the default poison queue: a bounded channel.

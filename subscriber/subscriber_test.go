@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/subscriber"
@@ -63,14 +64,14 @@ func TestTwoDurablesEachGetEveryEventInOrderPerToken(t *testing.T) {
 	const tokens = 12
 	h.lifecycles(t, "svc", tokens, 6)
 	last := h.last(t)
-	if want := uint64(1 + tokens*eventsPerLifecycle); last != want {
+	if want := uint64(base + tokens*eventsPerLifecycle); last != want {
 		t.Fatalf("stream has %d events, want %d", last, want)
 	}
 	for name, c := range map[string]*collector{"cache-a": a, "cache-b": b} {
 		got := c.waitFor(t, last)
 		checkContiguous(t, name, got, 1, last)
-		if n := checkOrderPerToken(t, name, got); n != tokens+1 {
-			t.Fatalf("%s: events of %d tokens, want %d", name, n, tokens+1)
+		if n := checkOrderPerToken(t, name, got); n != tokens+base {
+			t.Fatalf("%s: events of %d tokens, want %d", name, n, tokens+base)
 		}
 		for _, e := range got {
 			if e.Delivered != 1 {
@@ -99,7 +100,7 @@ func TestAStoppedDurableCatchesUpWithNothingLostOrSkipped(t *testing.T) {
 		ctxAlive    bool
 		handlerDone atomic.Bool
 	)
-	s1, err := subscriber.New(subscriber.Config{URL: h.url, Durable: durable, Start: subscriber.StartFirst()})
+	s1, err := subscriber.New(subscriber.Config{URL: h.url, Token: h.secret, Durable: durable, Start: subscriber.StartFirst()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +171,7 @@ func TestAStoppedDurableCatchesUpWithNothingLostOrSkipped(t *testing.T) {
 	h.start(t, subscriber.Config{Durable: durable, Start: subscriber.StartNew()}, func(s *subscriber.Subscriber) { s.OnAny(second.handle) })
 	h.lifecycles(t, "after", 3, 3)
 	last := h.last(t)
-	if want := uint64(1 + (20+4+3)*eventsPerLifecycle); last != want {
+	if want := uint64(base + (20+4+3)*eventsPerLifecycle); last != want {
 		t.Fatalf("stream has %d events, want %d", last, want)
 	}
 	got2 := second.waitFor(t, last)
@@ -197,9 +198,9 @@ func TestAStopThatMustCancelAHandlerHandsTheEventBack(t *testing.T) {
 	h := newHarness(t)
 	const durable = "stuck"
 	h.lifecycles(t, "x", 2, 1)
-	stuck := uint64(1 + eventsPerLifecycle + 1) // the second token's creation
+	stuck := uint64(base + eventsPerLifecycle + 1) // the second token's creation
 	reached := make(chan struct{})
-	s1, err := subscriber.New(subscriber.Config{URL: h.url, Durable: durable, Start: subscriber.StartFirst(),
+	s1, err := subscriber.New(subscriber.Config{URL: h.url, Token: h.secret, Durable: durable, Start: subscriber.StartFirst(),
 		MaxRetries: -1, AckWait: 2 * time.Second, ShutdownTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -400,7 +401,7 @@ func TestTheMessageIDIsTheEventID(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := h.start(t, subscriber.Config{Durable: "ids", Start: subscriber.StartAtSequence(2), MaxRetries: -1}, func(s *subscriber.Subscriber) {
+	r := h.start(t, subscriber.Config{Durable: "ids", Start: subscriber.StartAtSequence(base + 1), MaxRetries: -1}, func(s *subscriber.Subscriber) {
 		s.OnAny(func(context.Context, subscriber.Event) error { return errBoom })
 	})
 	var uuids []string
@@ -449,48 +450,264 @@ func TestStartPositions(t *testing.T) {
 	}
 }
 
-func TestFiltersByTypeAndOrganization(t *testing.T) {
+func TestFiltersByTypeAndWhatTheTokenReads(t *testing.T) {
+	// A subscriber gets what its token may read (an organization token: its
+	// organization's events; a workspace token: its own token's), through
+	// one filter: one type's subject when the handlers take one type, else
+	// all the token reads, the other types acked without a handler seeing
+	// them.
 	h := newHarness(t)
-	rotations, acme, globex := newCollector(), newCollector(), newCollector()
-	h.start(t, subscriber.Config{Durable: "rotations", Start: subscriber.StartFirst()}, func(s *subscriber.Subscriber) {
-		subscriber.On(s, func(ctx context.Context, e subscriber.Event, _ domain.RotatedData) error {
-			return rotations.handle(ctx, e)
-		})
-	})
-	h.start(t, subscriber.Config{Durable: "acme-only", Start: subscriber.StartFirst(), OrganizationID: "acme"}, func(s *subscriber.Subscriber) { s.OnAny(acme.handle) })
-	h.start(t, subscriber.Config{Durable: "globex-only", Start: subscriber.StartFirst(), OrganizationID: "globex"}, func(s *subscriber.Subscriber) { s.OnAny(globex.handle) })
+	globexSecret := h.otherOrgToken(t, "globex")
+	wsID, wsSecret := h.token(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "w1", Name: "ws-service"})
+	only := func(types ...domain.EventType) func(c *collector) func(*subscriber.Subscriber) {
+		return func(c *collector) func(*subscriber.Subscriber) {
+			return func(s *subscriber.Subscriber) {
+				for _, typ := range types {
+					switch typ {
+					case domain.TokenRotated:
+						subscriber.On(s, func(ctx context.Context, e subscriber.Event, _ domain.RotatedData) error { return c.handle(ctx, e) })
+					case domain.TokenDeleted:
+						subscriber.On(s, func(ctx context.Context, e subscriber.Event, _ domain.DeletedData) error { return c.handle(ctx, e) })
+					case domain.TokenUpdated:
+						subscriber.On(s, func(ctx context.Context, e subscriber.Event, _ domain.UpdatedData) error { return c.handle(ctx, e) })
+					}
+				}
+				if len(types) == 0 {
+					s.OnAny(c.handle)
+				}
+			}
+		}
+	}
+	subs := []struct {
+		durable, secret, org string
+		register             func(*collector) func(*subscriber.Subscriber)
+		filter               string
+		c                    *collector
+	}{
+		{durable: "rotations", secret: h.secret, register: only(domain.TokenRotated), filter: "ledger.tokens.acme.*.TokenRotated"},
+		{durable: "rotations-deletions", secret: h.secret, register: only(domain.TokenRotated, domain.TokenDeleted), filter: "ledger.tokens.acme.>"},
+		{durable: "acme-only", secret: h.secret, org: "acme", register: only(), filter: "ledger.tokens.acme.>"},
+		{durable: "globex", secret: globexSecret, register: only(), filter: "ledger.tokens.globex.>"},
+		{durable: "own", secret: wsSecret, register: only(), filter: "ledger.tokens.acme." + wsID + ".*"},
+		{durable: "own-updates", secret: wsSecret, register: only(domain.TokenUpdated), filter: "ledger.tokens.acme." + wsID + ".TokenUpdated"},
+	}
+	for i := range subs {
+		s := &subs[i]
+		s.c = newCollector()
+		h.start(t, subscriber.Config{Token: s.secret, Durable: s.durable, OrganizationID: s.org, Start: subscriber.StartFirst()}, s.register(s.c))
+		if f := h.consumerOf(t, s.secret, s.durable).Config.FilterSubject; f != s.filter {
+			t.Errorf("%s: filter %q, want %q", s.durable, f, s.filter)
+		}
+	}
 	h.lifecycles(t, "f", 2, 2)
-	g1, _ := h.appendCreated(t, "globex")
-	g2, lastGlobex := h.appendCreated(t, "globex")
+	_, _ = h.appendCreated(t, "globex")
+	_, lastGlobex := h.appendCreated(t, "globex")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	renamed := "ws-service-2"
+	upd, err := h.ledger.UpdateToken(ctx, h.owner, wsID, domain.UpdateToken{Name: &renamed}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.lifecycles(t, "g", 1, 1)
 	last := h.last(t)
 
-	for _, e := range acme.waitFor(t, last) {
-		if e.OrganizationID != "acme" {
-			t.Fatalf("acme-only got %s's event", e.OrganizationID)
+	byName := map[string]*collector{}
+	for _, s := range subs {
+		byName[s.durable] = s.c
+	}
+	count := func(es []subscriber.Event, keep func(subscriber.Event) bool) int {
+		n := 0
+		for _, e := range es {
+			if keep(e) {
+				n++
+			}
+		}
+		return n
+	}
+	acme := byName["acme-only"].waitFor(t, last)
+	if n := count(acme, func(e subscriber.Event) bool { return e.OrganizationID == "acme" }); n != len(acme) || n != int(last)-3 {
+		t.Fatalf("acme-only: %d events, %d of acme; want the %d of acme", len(acme), n, last-3)
+	}
+	checkOrderPerToken(t, "acme-only", acme)
+	globex := byName["globex"].waitFor(t, lastGlobex)
+	if n := count(globex, func(e subscriber.Event) bool { return e.OrganizationID == "globex" }); n != 3 || len(globex) != 3 {
+		t.Fatalf("globex: %d events, %d of globex; want its token's creation and the two written", len(globex), n)
+	}
+	rot := byName["rotations"].waitFor(t, last-1) // the last event is a deletion
+	if n := count(rot, func(e subscriber.Event) bool { return e.Type == domain.TokenRotated && e.OrganizationID == "acme" }); n != 3*2 || len(rot) != n {
+		t.Fatalf("rotations: %d events, %d rotations of acme; want 6", len(rot), n)
+	}
+	rd := byName["rotations-deletions"].waitFor(t, last)
+	if n := count(rd, func(e subscriber.Event) bool { return e.Type == domain.TokenRotated || e.Type == domain.TokenDeleted }); n != 3*3 || len(rd) != n {
+		t.Fatalf("rotations-deletions: %d events, %d rotations or deletions; want 9", len(rd), n)
+	}
+	// The events of other types were acked all the same: nothing is left.
+	h.waitAcked(t, h.secret, "rotations-deletions", last)
+	own := byName["own"].waitFor(t, upd.Sequence)
+	if len(own) != 2 || own[0].TokenID != wsID || own[0].Type != domain.TokenCreated || own[1].TokenID != wsID || own[1].Type != domain.TokenUpdated {
+		t.Fatalf("own: %v, want the workspace token's creation and rename", own)
+	}
+	if ups := byName["own-updates"].waitFor(t, upd.Sequence); len(ups) != 1 || ups[0].TokenID != wsID {
+		t.Fatalf("own-updates: %v", ups)
+	}
+	// Nothing else arrives: the stream is ordered and every one of them has
+	// taken the last event it may read... but for the workspace token, whose
+	// last is the rename: its durable is acked up to it.
+	h.waitAcked(t, wsSecret, "own", upd.Sequence)
+	if n, _ := byName["own"].tail(); n != 2 {
+		t.Fatalf("own: %d events", n)
+	}
+}
+
+func TestRunRefusesATokenOrAnOrganizationItCannotRead(t *testing.T) {
+	h := newHarness(t)
+	run := func(cfg subscriber.Config) error {
+		t.Helper()
+		cfg.URL = h.url
+		s, err := subscriber.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.OnAny(func(context.Context, subscriber.Event) error { return nil })
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		return s.Run(ctx)
+	}
+	const bogus = "tlo_thisisnotasecretthatthe1edgerknows"
+	err := run(subscriber.Config{Token: bogus, Durable: "d"})
+	if err == nil || !strings.Contains(err.Error(), "refused Token") || strings.Contains(err.Error(), bogus) {
+		t.Fatalf("Run with a token the ledger does not know: %v", err)
+	}
+	err = run(subscriber.Config{Token: h.secret, Durable: "d", OrganizationID: "globex"})
+	if err == nil || !strings.Contains(err.Error(), `OrganizationID "globex": the token belongs to organization "acme"`) || strings.Contains(err.Error(), h.secret) {
+		t.Fatalf("Run for an organization the token does not read: %v", err)
+	}
+}
+
+func TestServicesWithDifferentTokensKeepTheirDurablesApart(t *testing.T) {
+	// Two services pick the same durable name, each with its own token:
+	// each gets a consumer of its own token and every event (they do not
+	// split them), neither can read or delete the other's, and one going
+	// away leaves the other where it was.
+	h := newHarness(t)
+	idA, secretA := h.token(t, domain.CreateToken{Scope: "organization", Name: "service-a", Role: string(domain.RoleOrganizationMember)})
+	idB, secretB := h.token(t, domain.CreateToken{Scope: "organization", Name: "service-b", Role: string(domain.RoleOrganizationMember)})
+	a, b := newCollector(), newCollector()
+	ra := h.start(t, subscriber.Config{Token: secretA, Durable: "cache", Start: subscriber.StartFirst()}, func(s *subscriber.Subscriber) { s.OnAny(a.handle) })
+	h.start(t, subscriber.Config{Token: secretB, Durable: "cache", Start: subscriber.StartFirst()}, func(s *subscriber.Subscriber) { s.OnAny(b.handle) })
+	h.lifecycles(t, "x", 4, 2)
+	last := h.last(t)
+	checkContiguous(t, "service a", a.waitFor(t, last), 1, last)
+	checkContiguous(t, "service b", b.waitFor(t, last), 1, last)
+	infoA, infoB := h.consumerOf(t, secretA, "cache"), h.consumerOf(t, secretB, "cache")
+	if !strings.HasPrefix(infoA.Name, idA+"-") || !strings.HasPrefix(infoB.Name, idB+"-") {
+		t.Fatalf("consumers %s and %s, want one of each token's names", infoA.Name, infoB.Name)
+	}
+
+	// A stops; B's connection tries A's consumer, which the server refuses.
+	if err := ra.stop(); err != nil {
+		t.Fatal(err)
+	}
+	floorA := h.consumerOf(t, secretA, "cache").AckFloor.Stream
+	if floorA != last {
+		t.Fatalf("service a stopped at ack floor %d, want %d", floorA, last)
+	}
+	b2 := connectWatched(t, h.url, secretB)
+	b2.refused(t, "$JS.API.CONSUMER.INFO.TOKENS."+infoA.Name, func(ctx context.Context) error {
+		_, err := b2.js.Consumer(ctx, "TOKENS", infoA.Name)
+		return err
+	})
+	b2.refused(t, "$JS.API.CONSUMER.DELETE.TOKENS."+infoA.Name, func(ctx context.Context) error {
+		return b2.js.DeleteConsumer(ctx, "TOKENS", infoA.Name)
+	})
+	// Nor may it make a consumer in A's name to read from A's position.
+	b2.refused(t, "$JS.API.CONSUMER.CREATE.TOKENS."+infoA.Name, func(ctx context.Context) error {
+		_, err := b2.js.CreateOrUpdateConsumer(ctx, "TOKENS", jetstream.ConsumerConfig{Name: infoA.Name, FilterSubject: "ledger.tokens.acme.>"})
+		return err
+	})
+
+	// B goes on alone; A's durable is where A left it, and A, back, resumes
+	// there.
+	h.lifecycles(t, "y", 1, 1)
+	last2 := h.last(t)
+	checkContiguous(t, "service b", b.waitFor(t, last2), 1, last2)
+	if info := h.consumerOf(t, secretA, "cache"); info.Name != infoA.Name || info.AckFloor.Stream != floorA || info.NumPending != last2-last {
+		t.Fatalf("service a's durable after b went on: %s, ack floor %d, pending %d; want %s, %d, %d", info.Name, info.AckFloor.Stream, info.NumPending, infoA.Name, floorA, last2-last)
+	}
+	again := newCollector()
+	h.start(t, subscriber.Config{Token: secretA, Durable: "cache"}, func(s *subscriber.Subscriber) { s.OnAny(again.handle) })
+	checkContiguous(t, "service a, back", again.waitFor(t, last2), last+1, last2)
+}
+
+func TestADurableSurvivesARotationOfItsToken(t *testing.T) {
+	// The ledger cuts the connections of a rotated token, and the server
+	// refuses its old secret: Run returns and says why. Started again with
+	// the new secret, the service finds the same consumer (the names are the
+	// token's) and resumes right after the last event it acked.
+	h := newHarness(t)
+	id, secret := h.token(t, domain.CreateToken{Scope: "organization", Name: "rotating-service", Role: string(domain.RoleOrganizationMember)})
+	first := newCollector()
+	r := h.start(t, subscriber.Config{Token: secret, Durable: "cache", Start: subscriber.StartFirst()}, func(s *subscriber.Subscriber) { s.OnAny(first.handle) })
+	h.lifecycles(t, "before", 2, 2)
+	checkContiguous(t, "before the rotation", first.waitFor(t, h.last(t)), 1, h.last(t))
+	before := h.consumerOf(t, secret, "cache")
+
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	rot, err := h.ledger.RotateToken(ctx, h.owner, id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.done:
+		r.once.Do(func() {})
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") || !strings.Contains(err.Error(), "current secret") || strings.Contains(err.Error(), secret) {
+			t.Fatalf("Run after the rotation returned %v", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Run went on after its token was rotated")
+	}
+	if _, err := h.l.Service(t, secret); !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("the old secret connects: %v", err)
+	}
+	// Events while the service is away.
+	h.lifecycles(t, "away", 2, 2)
+	last := h.last(t)
+
+	fresh := rot.Secret.Reveal()
+	after := h.consumerOf(t, fresh, "cache")
+	if after.Name != before.Name {
+		t.Fatalf("consumer %s after the rotation, %s before", after.Name, before.Name)
+	}
+	second := newCollector()
+	h.start(t, subscriber.Config{Token: fresh, Durable: "cache", Start: subscriber.StartNew()}, func(s *subscriber.Subscriber) { s.OnAny(second.handle) })
+	got := second.waitFor(t, last)
+	// The first run may have handled its own token's rotation before the
+	// cut, and its ack may have been lost with the connection: the second
+	// run starts right after the last acked event, whichever it was.
+	checkContiguous(t, "after the rotation", got, after.AckFloor.Stream+1, last)
+	if after.AckFloor.Stream+1 < rot.Sequence {
+		t.Fatalf("the durable's ack floor went back to %d (the rotation is at %d)", after.AckFloor.Stream, rot.Sequence)
+	}
+	all := append(first.snapshot(), got...)
+	seen := map[uint64]bool{}
+	for _, e := range all {
+		seen[e.Sequence] = true
+	}
+	for seq := uint64(1); seq <= last; seq++ {
+		if !seen[seq] {
+			t.Fatalf("sequence %d reached neither run", seq)
 		}
 	}
-	if n := len(acme.snapshot()); n != int(last)-2 {
-		t.Fatalf("acme-only got %d events, want %d", n, last-2)
-	}
-	gs := globex.waitFor(t, lastGlobex)
-	if len(gs) != 2 || gs[0].ID != g1.ID || gs[1].ID != g2.ID {
-		t.Fatalf("globex-only got %v", gs)
-	}
-	rs := rotations.waitFor(t, last-1) // the last event is a deletion
-	if len(rs) != 3*2 {
-		t.Fatalf("rotations got %d events, want 6", len(rs))
-	}
-	for _, e := range rs {
-		if e.Type != domain.TokenRotated {
-			t.Fatalf("rotations got a %s", e.Type)
-		}
+	if h.consumerOf(t, fresh, "cache").Name != before.Name {
+		t.Fatal("the durable moved to another consumer")
 	}
 }
 
 func TestConfigErrorsNameTheField(t *testing.T) {
-	if _, err := subscriber.New(subscriber.Config{}); err == nil || !strings.Contains(err.Error(), "Durable is required") {
-		t.Fatalf("no durable: %v", err)
+	if _, err := subscriber.New(subscriber.Config{}); err == nil || !strings.Contains(err.Error(), "Durable is required") || !strings.Contains(err.Error(), "Token is required") {
+		t.Fatalf("no durable and no token: %v", err)
 	}
 	_, err := subscriber.New(subscriber.Config{
 		Durable:         "a.b",
@@ -514,20 +731,21 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		cfg   subscriber.Config
 		field string
 	}{
-		{subscriber.Config{Durable: "d", Start: subscriber.StartAtTime(time.Time{})}, "Start: StartAtTime"},
+		{subscriber.Config{Token: "t", Durable: "d", Start: subscriber.StartAtTime(time.Time{})}, "Start: StartAtTime"},
 		// 3 retries from 100ms: 100+200+400ms; 10 from 1s: 1+2+4+7×5s
-		{subscriber.Config{Durable: "d", AckWait: 700 * time.Millisecond}, "AckWait 700ms: must exceed the retry budget of 700ms"},
-		{subscriber.Config{Durable: "d", MaxRetries: 10, RetryInterval: time.Second, AckWait: 30 * time.Second}, "retry budget of 42s"},
+		{subscriber.Config{Token: "t", Durable: "d", AckWait: 700 * time.Millisecond}, "AckWait 700ms: must exceed the retry budget of 700ms"},
+		{subscriber.Config{Token: "t", Durable: "d", MaxRetries: 10, RetryInterval: time.Second, AckWait: 30 * time.Second}, "retry budget of 42s"},
+		{subscriber.Config{Durable: "d"}, "Token is required"},
 	} {
 		if _, err := subscriber.New(c.cfg); err == nil || !strings.Contains(err.Error(), c.field) {
 			t.Errorf("%+v: got %v, want it to name %q", c.cfg, err, c.field)
 		}
 	}
 	for _, ok := range []subscriber.Config{
-		{Durable: "billing-cache"},
-		{Durable: "d", AckWait: 701 * time.Millisecond},
-		{Durable: "d", MaxRetries: -1, AckWait: time.Millisecond},
-		{Durable: "d", OrganizationID: "acme", Start: subscriber.StartAtTime(time.Now())},
+		{Token: "t", Durable: "billing-cache"},
+		{Token: "t", Durable: "d", AckWait: 701 * time.Millisecond},
+		{Token: "t", Durable: "d", MaxRetries: -1, AckWait: time.Millisecond},
+		{Token: "t", Durable: "d", OrganizationID: "acme", Start: subscriber.StartAtTime(time.Now())},
 	} {
 		if _, err := subscriber.New(ok); err != nil {
 			t.Errorf("%+v: %v", ok, err)
@@ -536,7 +754,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 }
 
 func TestMisuseIsRefused(t *testing.T) {
-	s, err := subscriber.New(subscriber.Config{Durable: "d", URL: "nats://127.0.0.1:1"})
+	s, err := subscriber.New(subscriber.Config{Token: "t", Durable: "d", URL: "nats://127.0.0.1:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -548,7 +766,7 @@ func TestMisuseIsRefused(t *testing.T) {
 	}
 	mustPanic(t, "On after Run", func() { s.OnAny(func(context.Context, subscriber.Event) error { return nil }) })
 
-	s, _ = subscriber.New(subscriber.Config{Durable: "d", URL: "nats://127.0.0.1:1"})
+	s, _ = subscriber.New(subscriber.Config{Token: "t", Durable: "d", URL: "nats://127.0.0.1:1"})
 	mustPanic(t, "a pointer data type", func() {
 		subscriber.On(s, func(context.Context, subscriber.Event, *domain.RotatedData) error { return nil })
 	})
@@ -557,18 +775,19 @@ func TestMisuseIsRefused(t *testing.T) {
 		t.Fatalf("Run with no server: %v", err)
 	}
 
-	// No such stream: the subscriber never creates it.
+	// A stream the token has no consumers on: the subscriber never creates
+	// it, and says which one the token reads.
 	h := newHarness(t)
-	s, _ = subscriber.New(subscriber.Config{Durable: "d", URL: h.url, Stream: "NOPE"})
+	s, _ = subscriber.New(subscriber.Config{Token: h.secret, Durable: "d", URL: h.url, Stream: "NOPE"})
 	s.OnAny(func(context.Context, subscriber.Event) error { return nil })
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if err := s.Run(ctx); err == nil || !strings.Contains(err.Error(), "stream NOPE") {
+	if err := s.Run(ctx); err == nil || !strings.Contains(err.Error(), `Stream "NOPE": this token's consumers are on stream "TOKENS"`) {
 		t.Fatalf("Run on a missing stream: %v", err)
 	}
 
 	// A custom poison queue: Poisoned is nil.
-	s, _ = subscriber.New(subscriber.Config{Durable: "d", PoisonQueue: discard{}})
+	s, _ = subscriber.New(subscriber.Config{Token: "t", Durable: "d", PoisonQueue: discard{}})
 	if s.Poisoned() != nil {
 		t.Fatal("Poisoned is not nil with a custom poison queue")
 	}
@@ -604,6 +823,9 @@ func TestADurableGetsTheTypesOfANewRelease(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
+	if info := h.consumerInfo(t, "evolving"); info.Config.FilterSubject != "ledger.tokens.acme.*.TokenRotated" {
+		t.Fatalf("filter for rotations alone: %q", info.Config.FilterSubject)
+	}
 	v2 := newCollector()
 	h.start(t, subscriber.Config{Durable: "evolving"}, func(s *subscriber.Subscriber) {
 		subscriber.On(s, func(ctx context.Context, e subscriber.Event, _ domain.RotatedData) error { return v2.handle(ctx, e) })
@@ -624,22 +846,30 @@ func TestADurableGetsTheTypesOfANewRelease(t *testing.T) {
 	if strings.Join(seen, " ") != strings.Join(want, " ") {
 		t.Fatalf("after the upgrade: %v, want %v", seen, want)
 	}
-	if info := h.consumerInfo(t, "evolving"); len(info.Config.FilterSubjects) != 2 {
-		t.Fatalf("filters after the upgrade: %v", info.Config.FilterSubjects)
+	// One filter: two types take all the token reads, and the others are
+	// acked unseen.
+	if info := h.consumerInfo(t, "evolving"); info.Config.FilterSubject != "ledger.tokens.acme.>" || len(info.Config.FilterSubjects) != 0 {
+		t.Fatalf("filter after the upgrade: %q %v", info.Config.FilterSubject, info.Config.FilterSubjects)
 	}
 }
 
 func TestRunFailsWhenItsDurableIsDeleted(t *testing.T) {
-	// Services cannot delete consumers on the ledger's server; its operator
-	// can. The subscriber does not quietly make a new one (which would start
+	// A service may delete its own token's consumers (to free a name, say).
+	// The subscriber does not quietly make a new one (which would start
 	// over from Start): Run says so and returns.
 	h := newHarness(t)
 	r := h.start(t, subscriber.Config{Durable: "doomed"}, func(s *subscriber.Subscriber) {
 		s.OnAny(func(context.Context, subscriber.Event) error { return nil })
 	})
+	name := h.consumerInfo(t, "doomed").Name
+	nc, err := h.l.Service(t, h.secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if err := h.ledgerJ.DeleteConsumer(ctx, "TOKENS", "doomed"); err != nil {
+	if err := js.DeleteConsumer(ctx, "TOKENS", name); err != nil {
 		t.Fatal(err)
 	}
 	select {
