@@ -17,9 +17,10 @@ var rotations = flag.Int("rotations", 10000, "rotations BenchmarkRotateToCacheDr
 // service's cache: from just before the ledger is asked to rotate a cached
 // token to the moment the cache has forgotten it (its OnDrop hook). Each
 // round first puts the token's current secret in the cache through the
-// service's API (not timed). The ledger runs as `ledger serve` does, on a
-// locked-down embedded NATS with file storage; the service consumes as the
-// anonymous service user.
+// service's API (not timed). The ledger runs as `ledger serve` does, on an
+// embedded NATS with the ledger's accounts and file storage; the service
+// logs in with its own token and consumes from the services' mirror of the
+// stream (one hop more than the ledger's own readers).
 //
 //	go test ./examples/tokencache -run '^$' -bench RotateToCacheDrop -benchtime 1x
 //	go test ./examples/tokencache -run '^$' -bench RotateToCacheDrop -benchtime 1x -args -rotations 20000

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/httpapi"
@@ -185,5 +186,40 @@ func TestRequestsWithoutAGoodBearerAreRefused(t *testing.T) {
 	var prob *httpapi.Problem
 	if err == nil || !strings.Contains(err.Error(), "ledger at") || !errors.As(err, &prob) || prob.Status != http.StatusUnauthorized {
 		t.Fatalf("a bad LEDGER_API_TOKEN: %v", err)
+	}
+}
+
+// The service's own token serves both the API and NATS: it must read every
+// event of its organization, so a workspace token is refused at the start.
+// Rotated, it stops the service, which says why: its cache would no longer
+// hear of drops.
+func TestTheServicesOwnToken(t *testing.T) {
+	r := startLedgerRig(t)
+	_, ws := r.create(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "w1", Name: "narrow", Role: "WORKSPACE_MEMBER"})
+	_, err := newService(ctxFor(t), config{ledgerURL: r.api.URL, apiToken: ws, natsURL: r.natsURL, durable: "narrow", maxAge: time.Minute}, quiet)
+	if err == nil || !strings.Contains(err.Error(), "needs an organization token") {
+		t.Fatalf("a workspace token as the service's: %v", err)
+	}
+
+	id, own := r.create(t, domain.CreateToken{Scope: "organization", Name: "tokencache", Role: "ORGANIZATION_MEMBER"})
+	svc := startServiceWith(t, r, "own-token", own)
+	_, client := r.create(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "w1", Name: "client"})
+	if code, _ := svc.whoami(t, client); code != http.StatusOK {
+		t.Fatalf("a client before the rotation: %d", code)
+	}
+	svc.mayFail = true
+	if _, err := r.ledger.RotateToken(ctxFor(t), r.owner, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-svc.ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service still runs 30 s after its own token was rotated")
+	}
+	if svc.runErr == nil || !strings.Contains(svc.runErr.Error(), "current secret") || strings.Contains(svc.runErr.Error(), own) {
+		t.Fatalf("the service ended with %v", svc.runErr)
+	}
+	if s := svc.cache.Stats(); s.Live || s.Entries != 0 {
+		t.Fatalf("the cache after the subscription ended: %+v", s)
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -12,21 +11,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
-	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
-	"github.com/tokenledger/tokenledger/projections"
+	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
 )
 
-// ledgerRig is a whole ledger as `ledger serve` runs it: an embedded NATS
-// server locked down (the service connects as an anonymous service user,
-// which may only read and consume), the ledger writing as its own user, and
-// the HTTP API on httptest.
+// ledgerRig is a whole ledger as `ledger serve` runs it (natsaccesstest):
+// an embedded NATS server with the ledger's accounts, where the service logs
+// in with its own TokenLedger token and reads its organization's events from
+// the services' mirror, the ledger writing as itself, and the HTTP API on
+// httptest.
 type ledgerRig struct {
+	l       *natsaccesstest.Ledger
 	ledger  *app.Ledger
 	owner   app.Caller // acme's bootstrap ORGANIZATION_OWNER
 	api     *httptest.Server
@@ -40,39 +37,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func startLedgerRig(tb testing.TB) *ledgerRig {
 	tb.Helper()
-	password := rand.Text()
-	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{
-		StoreDir: tb.TempDir(), Listen: "127.0.0.1:0", ServerName: "ledger", LedgerPassword: password,
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.UserInfo(eventstore.LedgerUser, password),
-		nats.CustomInboxPrefix(eventstore.LedgerInboxPrefix))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx := ctxFor(tb)
-	store, err := eventstore.Open(ctx, js, eventstore.DefaultConfig())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	view := projections.NewTokens()
-	ledger := app.New(store, view)
-	tb.Cleanup(app.Feed(store, view, nil))
-	tb.Cleanup(func() { _ = ledger.Close() })
-	owner, _, err := ledger.Bootstrap(ctx, "acme", nil)
-	if err != nil || owner == nil {
-		tb.Fatalf("bootstrap: %v", err)
-	}
-	r := &ledgerRig{ledger: ledger, owner: app.Caller{Token: owner}, natsURL: ns.ClientURL()}
-	h := httpapi.NewServer(ledger, quiet, nil)
+	l := natsaccesstest.Start(tb, natsaccesstest.Options{})
+	r := &ledgerRig{l: l, ledger: l.App, owner: l.Owner, natsURL: l.URL}
+	h := httpapi.NewServer(l.App, quiet, nil)
 	r.api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if wrap := r.wrap.Load(); wrap != nil {
 			(*wrap)(h).ServeHTTP(w, req)
@@ -101,14 +68,25 @@ type runningService struct {
 	url string
 	// drops gets every Dropped of the cache (its OnDrop hook).
 	drops chan Dropped
+	// ended is closed when the service's run returned, with runErr.
+	ended  chan struct{}
+	runErr error
+	// mayFail: a test that makes the run fail says so.
+	mayFail bool
 }
 
 // startService runs the service as main does, with its own token (an
-// ORGANIZATION_MEMBER: it may read, so verify, every token of acme), and
-// returns once the cache is live.
+// ORGANIZATION_MEMBER: it may read, so verify, every token of acme, and
+// read every event of acme over NATS), and returns once the cache is live.
 func startService(tb testing.TB, r *ledgerRig, durable string) *runningService {
 	tb.Helper()
 	_, secret := r.create(tb, domain.CreateToken{Scope: "organization", Name: "tokencache", Role: "ORGANIZATION_MEMBER"})
+	return startServiceWith(tb, r, durable, secret)
+}
+
+// startServiceWith runs the service with the token whose secret this is.
+func startServiceWith(tb testing.TB, r *ledgerRig, durable, secret string) *runningService {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := newService(ctx, config{
 		ledgerURL: r.api.URL, apiToken: secret, natsURL: r.natsURL, durable: durable, maxAge: time.Hour,
@@ -117,26 +95,30 @@ func startService(tb testing.TB, r *ledgerRig, durable string) *runningService {
 		cancel()
 		tb.Fatal(err)
 	}
-	dropped := make(chan Dropped, 1024)
-	svc.cache.OnDrop = func(d Dropped) { dropped <- d }
-	done := make(chan error, 1)
-	go func() { done <- svc.run(ctx) }()
+	rs := &runningService{service: svc, drops: make(chan Dropped, 1024), ended: make(chan struct{})}
+	svc.cache.OnDrop = func(d Dropped) { rs.drops <- d }
+	go func() {
+		rs.runErr = svc.run(ctx)
+		close(rs.ended)
+	}()
 	tb.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("service run: %v", err)
+		<-rs.ended
+		if rs.runErr != nil && !rs.mayFail {
+			tb.Errorf("service run: %v", rs.runErr)
 		}
 	})
 	select {
 	case <-svc.live:
-	case err := <-done:
-		tb.Fatalf("service stopped before it was live: %v", err)
+	case <-rs.ended:
+		tb.Fatalf("service stopped before it was live: %v", rs.runErr)
 	case <-time.After(20 * time.Second):
 		tb.Fatal("service not live after 20 s")
 	}
 	srv := httptest.NewServer(svc.handler)
 	tb.Cleanup(srv.Close)
-	return &runningService{service: svc, url: srv.URL, drops: dropped}
+	rs.url = srv.URL
+	return rs
 }
 
 // whoami calls the service's API with secret and returns the status and,

@@ -6,6 +6,11 @@
 //	LEDGER_URL=http://127.0.0.1:8080 LEDGER_API_TOKEN=... \
 //	  go run ./examples/tokencache --listen 127.0.0.1:8090 --nats-url nats://127.0.0.1:4222
 //
+// Its own token, LEDGER_API_TOKEN, an organization token (an
+// ORGANIZATION_MEMBER is enough), serves both sides: it asks the ledger's
+// API to verify secrets, and it logs in to the ledger's NATS to read its
+// organization's events.
+//
 // Its API: GET /v1/whoami (needs a bearer token) and GET /stats (the cache's
 // counters). See the README, "Example: a service's token cache".
 package main
@@ -29,6 +34,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/httpapi"
 	"github.com/tokenledger/tokenledger/subscriber"
 )
@@ -126,8 +132,8 @@ func newService(ctx context.Context, cfg config, log *slog.Logger) (*service, er
 	ledger := httpapi.NewClient(cfg.ledgerURL, cfg.apiToken)
 	ledger.UserAgent = "tokencache"
 	ledger.HTTP.Timeout = 10 * time.Second
-	// Asking about its own token checks the setup at once and names the
-	// organization, so the subscription carries only that one's events.
+	// Asking about its own token checks the setup at once and says what
+	// the token may read.
 	me, err := ledger.Verify(ctx, cfg.apiToken)
 	if err != nil {
 		return nil, fmt.Errorf("ledger at %s: %w", cfg.ledgerURL, err)
@@ -135,9 +141,17 @@ func newService(ctx context.Context, cfg config, log *slog.Logger) (*service, er
 	if !me.Valid {
 		return nil, fmt.Errorf("LEDGER_API_TOKEN is not an active token (%s)", me.Reason)
 	}
+	if me.Scope != domain.ScopeOrganization {
+		// Over NATS a workspace or deployment token reads only its own
+		// token's events: the cache would miss the rotations of the very
+		// tokens it verifies.
+		return nil, fmt.Errorf("LEDGER_API_TOKEN is a %s token: the service needs an organization token (an ORGANIZATION_MEMBER is enough), which reads every event of its organization", me.Scope)
+	}
 	cache := NewCache(ledger, cfg.maxAge, log)
+	// The same token logs in to NATS, and reads its organization's events.
 	sub, err := subscriber.New(subscriber.Config{
 		URL:            cfg.natsURL,
+		Token:          cfg.apiToken,
 		Durable:        cfg.durable,
 		Start:          subscriber.StartNew(),
 		OrganizationID: me.OrganizationID,
