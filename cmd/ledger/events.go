@@ -17,6 +17,7 @@ import (
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // defaultNATSURL is where `ledger serve` lets services reach its embedded
@@ -31,6 +32,7 @@ func newEventsCmd(stdout, stderr io.Writer, getenv func(string) string, started 
 
 type tailOptions struct {
 	natsURL   string
+	token     string
 	stream    string
 	org       string
 	types     []string
@@ -44,10 +46,14 @@ func newEventsTailCmd(stdout, stderr io.Writer, getenv func(string) string, star
 		Use:   "tail [--nats-url URL] [--org ID] [--type T]... [--from-start] [-o json]",
 		Short: "Print token events as they happen, one line each, until interrupted",
 		Long: `Print token events as they happen, one line each, until interrupted
-(Ctrl-C). It reads the stream straight from NATS, as a service would, with an
-ephemeral consumer: it needs no API token and changes nothing. By default it
-shows only events written after it starts; --from-start shows the whole
-history first. Secret hashes are never printed.
+(Ctrl-C). It reads the stream straight from NATS, as a service does, logging
+in with the token in LEDGER_API_TOKEN: an organization token reads every event
+of its organization, a workspace or deployment token only its own token's.
+It reads through a one-off consumer in one of the token's consumer names,
+deleted when it stops (or by the server 30 s after it stops reading), and
+changes nothing else. By default it shows only events written after it
+starts; --from-start shows the whole history first. Secret hashes are never
+printed.
 
 The NATS URL is --nats-url, else LEDGER_NATS_URL, else ` + defaultNATSURL + `
 (where ` + "`ledger serve`" + ` listens for services by default).`,
@@ -56,58 +62,78 @@ The NATS URL is --nats-url, else LEDGER_NATS_URL, else ` + defaultNATSURL + `
 			if err := o.out.check(); err != nil {
 				return err
 			}
-			filters, err := o.filterSubjects()
-			if err != nil {
+			if err := o.checkFilters(); err != nil {
 				return err
 			}
 			*started = true
+			o.token = strings.TrimSpace(getenv("LEDGER_API_TOKEN"))
+			if o.token == "" {
+				return usageError{errors.New("LEDGER_API_TOKEN is not set: events tail logs in to NATS with an API token (an organization token reads its organization's events, a workspace or deployment token only its own)")}
+			}
 			if o.natsURL == "" {
 				o.natsURL = getenv("LEDGER_NATS_URL")
 			}
 			if o.natsURL == "" {
 				o.natsURL = defaultNATSURL
 			}
-			return tail(cmd.Context(), o, filters, stdout, stderr)
+			return tail(cmd.Context(), o, stdout, stderr)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.natsURL, "nats-url", "", "NATS server to read from (default: LEDGER_NATS_URL, else "+defaultNATSURL+")")
 	f.StringVar(&o.stream, "stream", eventstore.DefaultConfig().Stream, "JetStream stream name, as given to `ledger serve --stream`")
-	f.StringVar(&o.org, "org", "", "only this organization's events")
+	f.StringVar(&o.org, "org", "", "only this organization's events: the token's own, the only one it reads (the default)")
 	f.StringArrayVar(&o.types, "type", nil, "only this event type ("+eventTypeList()+"); repeat for several")
 	f.BoolVar(&o.fromStart, "from-start", false, "print the whole history first, then follow")
 	o.out.register(cmd)
 	return cmd
 }
 
-// filterSubjects turns --org and --type into the consumer's subject
-// filters, so the server sends only what will be printed.
-func (o tailOptions) filterSubjects() ([]string, error) {
-	prefix := eventstore.DefaultConfig().SubjectPrefix
-	org := "*"
-	if o.org != "" {
-		// An id with a dot or a wildcard would widen the filter to other
-		// organizations' subjects.
-		if !domain.ValidID(o.org) {
-			return nil, usageError{fmt.Errorf("--org %q: not an organization id (1-64 letters, digits, '-' or '_')", o.org)}
-		}
-		org = o.org
+// checkFilters checks --org and --type before anything connects.
+func (o tailOptions) checkFilters() error {
+	// An id with a dot or a wildcard would widen a filter to other
+	// organizations' subjects (which the server refuses anyway).
+	if o.org != "" && !domain.ValidID(o.org) {
+		return usageError{fmt.Errorf("--org %q: not an organization id (1-64 letters, digits, '-' or '_')", o.org)}
 	}
-	if len(o.types) == 0 {
-		return []string{prefix + "." + org + ".>"}, nil
-	}
-	var subjects []string
-	seen := map[string]bool{}
 	for _, t := range o.types {
 		if !knownEventType(t) {
-			return nil, usageError{fmt.Errorf("--type %q: unknown event type; valid: %s", t, eventTypeList())}
-		}
-		if !seen[t] {
-			seen[t] = true
-			subjects = append(subjects, prefix+"."+org+".*."+t)
+			return usageError{fmt.Errorf("--type %q: unknown event type; valid: %s", t, eventTypeList())}
 		}
 	}
-	return subjects, nil
+	return nil
+}
+
+// filterSubject is the consumer's one subject filter (a service's consumer
+// takes one, checked against what its token reads), so the server sends
+// only what will be printed, or as little more as one subject allows: with
+// one --type, that type's subject within what the token reads; otherwise
+// all it reads, and want (nil: every type) says which types to print.
+func (o tailOptions) filterSubject(id natsaccess.Identity) (filter string, want map[string]bool, err error) {
+	if o.org != "" && o.org != id.OrganizationID {
+		return "", nil, usageError{fmt.Errorf("--org %q: LEDGER_API_TOKEN belongs to organization %q and reads only its events", o.org, id.OrganizationID)}
+	}
+	if id.Stream != "" && id.Stream != o.stream {
+		return "", nil, usageError{fmt.Errorf("--stream %q: LEDGER_API_TOKEN's consumers are on stream %q", o.stream, id.Stream)}
+	}
+	if len(o.types) == 0 {
+		return id.Filter, nil, nil
+	}
+	want = map[string]bool{}
+	for _, t := range o.types {
+		want[t] = true
+	}
+	if len(want) > 1 {
+		return id.Filter, want, nil
+	}
+	t := o.types[0]
+	switch {
+	case strings.HasSuffix(id.Filter, ".>"): // <prefix>.<org>.>
+		return strings.TrimSuffix(id.Filter, ">") + "*." + t, want, nil
+	case strings.HasSuffix(id.Filter, ".*"): // <prefix>.<org>.<token>.*
+		return strings.TrimSuffix(id.Filter, "*") + t, want, nil
+	}
+	return id.Filter, want, nil
 }
 
 func knownEventType(t string) bool {
@@ -139,30 +165,34 @@ type tailLine struct {
 	DeploymentID   string       `json:"deployment_id,omitempty"`
 }
 
-func tail(ctx context.Context, o tailOptions, filters []string, stdout, stderr io.Writer) error {
+func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 	var mu sync.Mutex // the consumer's callback and the connection's handlers both write
 	warn := func(format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintf(stderr, "warning: "+format+"\n", args...)
 	}
-	nc, err := nats.Connect(o.natsURL, nats.Name("ledger events tail"), nats.MaxReconnects(-1),
+	opts := append([]nats.Option{nats.Name("ledger events tail"), nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				warn("lost NATS at %s (%v); reconnecting", o.natsURL, err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { warn("reconnected to NATS at %s", o.natsURL) }),
-		// Errors the server sends (a service may not delete the consumer
-		// an ordered consumer replaces, say) go through the command's own
-		// warnings, not nats.go's default print to the process's stderr.
+		// Errors the server sends go through the command's own warnings,
+		// not nats.go's default print to the process's stderr.
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			warn("NATS: %v", err)
 		}),
-	)
+	}, natsaccess.Options(o.token)...)
+	nc, err := nats.Connect(o.natsURL, opts...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return &exitError{code: exitFailed, msg: fmt.Sprintf("error: NATS at %s refused LEDGER_API_TOKEN: not an active token (rotated, deleted or expired?)", o.natsURL)}
+	}
 	if err != nil {
 		return &exitError{code: exitNoReach, msg: fmt.Sprintf("error: NATS at %s: %v (is `ledger serve` running? set --nats-url or LEDGER_NATS_URL)", o.natsURL, err)}
 	}
+	closed := nc.StatusChanged(nats.CLOSED)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -170,35 +200,44 @@ func tail(ctx context.Context, o tailOptions, filters []string, stdout, stderr i
 	}
 	setup, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	stream, err := js.Stream(setup, o.stream)
+	id, err := natsaccess.WhoAmI(setup, nc)
 	if err != nil {
-		return fmt.Errorf("stream %s on %s: %w", o.stream, o.natsURL, err)
+		return fmt.Errorf("NATS at %s: %w", o.natsURL, err)
 	}
-	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: filters,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		// The service user may not delete consumers: the server removes
-		// this one soon after tail stops pulling.
+	filter, want, err := o.filterSubject(id)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.ConsumerConfig{
+		Description:   "ledger events tail",
+		FilterSubject: filter,
+		// Nothing to ack: a message lost on the way (a broken connection)
+		// shows as a gap in the consumer's sequence, and tail then reads
+		// again from the event after the last it had.
+		AckPolicy:     jetstream.AckNonePolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		// If tail cannot delete it (killed, NATS away), the server does
+		// once nobody has read from it for this long.
 		InactiveThreshold: 30 * time.Second,
+		MemoryStorage:     true,
 	}
-	if !o.fromStart {
-		// Rather than DeliverNew: an ordered consumer that resets before its
-		// first message would otherwise start at "new" again and skip what
-		// came in between.
-		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = stream.CachedInfo().State.LastSeq + 1
+	if o.fromStart {
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
 	}
-	cons, err := js.OrderedConsumer(setup, o.stream, cfg)
+	cons, err := natsaccess.ClaimConsumer(setup, js, o.stream, id, "", cfg)
 	if err != nil {
 		return fmt.Errorf("follow stream %s: %w", o.stream, err)
 	}
+	cancel()
+	// last is the stream sequence of the last event tail had (printed or
+	// passed over): where it is created, a consumer says where it starts.
+	f := &follower{last: cons.CachedInfo().Delivered.Stream}
 
 	prefix := eventstore.DefaultConfig().SubjectPrefix + "."
 	enc := json.NewEncoder(stdout)
-	handle := func(m jetstream.Msg) {
-		var seq uint64
-		if md, err := m.Metadata(); err == nil {
-			seq = md.Sequence.Stream
+	show := func(m jetstream.Msg, seq uint64) {
+		if want != nil && !want[m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]] {
+			return
 		}
 		line, err := decodeTailed(m.Subject(), prefix, m.Data(), seq)
 		mu.Lock()
@@ -212,30 +251,127 @@ func tail(ctx context.Context, o tailOptions, filters []string, stdout, stderr i
 			fmt.Fprintln(stdout, textLine(line))
 		}
 	}
-	cc, err := cons.Consume(handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		// Missed heartbeats come with every disconnect, which the
-		// connection's handlers already report, and the consumer recovers
-		// from them on its own.
-		if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrConnectionClosed) {
+	for first := true; ; first = false {
+		broken := make(chan struct{})
+		cc, err := f.consume(cons, show, broken, warn)
+		if err != nil {
+			f.remove(js, o.stream, cons)
+			return fmt.Errorf("follow stream %s: %w", o.stream, err)
+		}
+		if first {
+			from := "new events"
+			if o.fromStart {
+				from = "the first event"
+			}
+			what := filter
+			if want != nil {
+				what += " (" + strings.Join(o.types, ", ") + ")"
+			}
+			mu.Lock()
+			fmt.Fprintf(stderr, "following %s on %s from %s (Ctrl-C to stop)\n", what, o.natsURL, from)
+			mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			cc.Stop()
+			<-cc.Closed()
+			f.remove(js, o.stream, cons)
+			return nil
+		case <-closed:
+			cc.Stop()
+			err := nc.LastError()
+			if err == nil {
+				err = nats.ErrConnectionClosed
+			}
+			return &exitError{code: exitFailed, msg: fmt.Sprintf("error: NATS at %s closed the connection: %v (was LEDGER_API_TOKEN rotated or deleted?)", o.natsURL, err)}
+		case <-broken:
+		}
+		// A message lost on the way, or the consumer gone: read again, with
+		// a new consumer, from the event after the last tail had.
+		cc.Stop()
+		<-cc.Closed()
+		f.remove(js, o.stream, cons)
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, f.position()+1
+		for {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			cons, err = natsaccess.ClaimConsumer(rctx, js, o.stream, id, "", cfg)
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() == nil && !nc.IsClosed() {
+				warn("follow again from stream sequence %d: %v", cfg.OptStartSeq, err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-closed:
+				return &exitError{code: exitFailed, msg: fmt.Sprintf("error: NATS at %s closed the connection: %v (was LEDGER_API_TOKEN rotated or deleted?)", o.natsURL, nc.LastError())}
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+}
+
+// follower keeps tail's place in the stream across the consumers it reads
+// through.
+type follower struct {
+	mu   sync.Mutex
+	last uint64 // the stream sequence of the last event had
+}
+
+func (f *follower) position() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+// consume reads cons, handing each event after the last one had to print,
+// and closes broken once the consumer's sequence skips one (a message lost
+// while the connection was down) or the consumer is gone.
+func (f *follower) consume(cons jetstream.Consumer, show func(jetstream.Msg, uint64), broken chan struct{}, warn func(string, ...any)) (jetstream.ConsumeContext, error) {
+	var once sync.Once
+	brk := func() { once.Do(func() { close(broken) }) }
+	delivered := cons.CachedInfo().Delivered.Consumer
+	return cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
 			return
 		}
-		warn("%v", err)
+		if md.Sequence.Consumer != delivered+1 {
+			brk()
+			return
+		}
+		delivered = md.Sequence.Consumer
+		f.mu.Lock()
+		seen := md.Sequence.Stream <= f.last
+		if !seen {
+			f.last = md.Sequence.Stream
+		}
+		f.mu.Unlock()
+		if !seen {
+			show(m, md.Sequence.Stream)
+		}
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+			brk()
+		case errors.Is(err, jetstream.ErrNoHeartbeat), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, jetstream.ErrConnectionClosed):
+			// Missed heartbeats come with every disconnect, which the
+			// connection's handlers already report; a closed connection
+			// is tail's to report.
+		default:
+			warn("%v", err)
+		}
 	}))
-	if err != nil {
-		return fmt.Errorf("follow stream %s: %w", o.stream, err)
-	}
-	from := "new events"
-	if o.fromStart {
-		from = "the first event"
-	}
-	mu.Lock()
-	fmt.Fprintf(stderr, "following %s on %s from %s (Ctrl-C to stop)\n", strings.Join(filters, ", "), o.natsURL, from)
-	mu.Unlock()
+}
 
-	<-ctx.Done()
-	cc.Stop()
-	<-cc.Closed()
-	return nil
+// remove deletes a consumer tail is done with, so that its name is free
+// again at once; if that fails, the server removes it once inactive.
+func (f *follower) remove(js jetstream.JetStream, stream string, cons jetstream.Consumer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = js.DeleteConsumer(ctx, stream, cons.CachedInfo().Name)
 }
 
 // decodeTailed reads a message's body as an event and checks it belongs on

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -16,13 +17,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tokenledger/tokenledger/domain"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/tokenledger/tokenledger/natsaccess"
+	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
 )
 
 // startLockedDown runs `ledger serve` in this process with its embedded,
 // locked-down NATS server on a random port, as a user runs it: `events tail`
-// then connects as a service may, without credentials.
+// then logs in as a service does, with an API token.
 func startLockedDown(t *testing.T) (c cli, natsURL string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -138,8 +143,9 @@ func TestEventsTailFollowsOnlyTheRotationsAsJSON(t *testing.T) {
 	b := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "api-b")
 	last := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "last")
 
-	// The URL from the environment, as the README's services get it.
-	env := map[string]string{"LEDGER_NATS_URL": natsURL}
+	// The URL from the environment, as the README's services get it, and
+	// the owner's token.
+	env := map[string]string{"LEDGER_NATS_URL": natsURL, "LEDGER_API_TOKEN": c.env["LEDGER_API_TOKEN"]}
 	tail := startTail(t, env, "events", "tail", "--type", "TokenRotated", "-o", "json")
 
 	rotate := func(id string) (seq uint64, secret string) {
@@ -238,12 +244,192 @@ func TestEventsTailFollowsOnlyTheRotationsAsJSON(t *testing.T) {
 	if code := hist.end(t); code != 0 {
 		t.Fatalf("tail --from-start exit %d: %s", code, hist.err.String())
 	}
+	// Each tail read through a one-off consumer of the token, deleted when
+	// it stopped: every name is free again.
+	if used := usedConsumers(t, natsURL, c.env["LEDGER_API_TOKEN"]); len(used) != 0 {
+		t.Fatalf("consumers left behind: %v", used)
+	}
+}
+
+// usedConsumers lists the consumer names of the token whose secret this is
+// that hold a consumer.
+func usedConsumers(t *testing.T, natsURL, secret string) []string {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, natsaccess.Options(secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	id, err := natsaccess.WhoAmI(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	var used []string
+	for _, name := range id.Consumers {
+		_, err := js.Consumer(ctx, "TOKENS", name)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+		case err != nil:
+			t.Fatal(err)
+		default:
+			used = append(used, name)
+		}
+	}
+	return used
+}
+
+// waitMirrored waits until the services' mirror, which follows the ledger's
+// stream within milliseconds, holds stream sequence seq (an event the token
+// whose secret this is may read).
+func waitMirrored(t *testing.T, natsURL, secret string, seq uint64) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, natsaccess.Options(secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	id, err := natsaccess.WhoAmI(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	c, err := natsaccess.ClaimConsumer(ctx, js, "TOKENS", id, "", jetstream.ConsumerConfig{
+		FilterSubject: id.Filter, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq, InactiveThreshold: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = js.DeleteConsumer(context.Background(), "TOKENS", c.CachedInfo().Name) }()
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the services' mirror does not hold sequence %d after 20 s", seq)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// A workspace token reads only its own token's events, and tail stops,
+// saying why, once the token is rotated (the ledger cuts the connection and
+// the server refuses the old secret). A token the ledger does not know, or
+// an organization that is not the token's, is refused at the start.
+func TestEventsTailReadsWhatItsTokenMay(t *testing.T) {
+	c, natsURL := startLockedDown(t)
+	w := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "watcher")
+	other := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "other")
+	env := map[string]string{"LEDGER_NATS_URL": natsURL, "LEDGER_API_TOKEN": w.Secret}
+	tail := startTail(t, env, "events", "tail", "--from-start")
+	if line := tail.out.next(t, "the watcher's creation"); !strings.Contains(line, "TokenCreated") || !strings.Contains(line, "token="+w.ID) {
+		t.Fatalf("first line = %q", line)
+	}
+	c.ok("token", "rotate", other.ID)
+	c.ok("token", "update", w.ID, "--name", "watcher-2")
+	if line := tail.out.next(t, "the watcher's rename"); !strings.Contains(line, "TokenUpdated") || !strings.Contains(line, "token="+w.ID) {
+		t.Fatalf("second line = %q (the other token's rotation is not the watcher's to read)", line)
+	}
+	c.ok("token", "rotate", w.ID)
+	select {
+	case code := <-tail.code:
+		tail.code <- code
+		if code != exitFailed || !strings.Contains(tail.err.String(), "closed the connection") || !strings.Contains(tail.err.String(), "rotated or deleted") {
+			t.Fatalf("tail after its token's rotation: exit %d: %s", code, tail.err.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("tail still runs 30 s after its token was rotated")
+	}
+	// It printed nothing more: the rotation came after the cut, or was its
+	// last line.
+	for len(tail.out.lines) > 0 {
+		if line := <-tail.out.lines; !strings.Contains(line, "TokenRotated") || !strings.Contains(line, "token="+w.ID) {
+			t.Fatalf("a line after the rename: %q", line)
+		}
+	}
+	if strings.Contains(tail.err.String(), w.Secret) {
+		t.Fatal("stderr shows the secret")
+	}
+
+	code, _, errOut := cli{t: t, env: env}.run("", "events", "tail")
+	if code != exitFailed || !strings.Contains(errOut, "refused LEDGER_API_TOKEN") {
+		t.Fatalf("tail with the rotated-out secret: exit %d: %s", code, errOut)
+	}
+	env["LEDGER_API_TOKEN"] = c.env["LEDGER_API_TOKEN"]
+	code, _, errOut = cli{t: t, env: env}.run("", "events", "tail", "--org", "globex")
+	if code != exitUsage || !strings.Contains(errOut, `--org "globex": LEDGER_API_TOKEN belongs to organization "acme"`) {
+		t.Fatalf("tail of another organization: exit %d: %s", code, errOut)
+	}
+}
+
+// A consumer that vanishes under tail (deleted, or lost with a server's
+// restart) is replaced by one that starts right after the last event tail
+// had: nothing is skipped, nothing printed twice.
+func TestEventsTailFollowsOnWhenItsConsumerIsGone(t *testing.T) {
+	c, natsURL := startLockedDown(t)
+	secret := c.env["LEDGER_API_TOKEN"]
+	env := map[string]string{"LEDGER_NATS_URL": natsURL, "LEDGER_API_TOKEN": secret}
+	// New events are new to the services' mirror: once it has the
+	// bootstrap, tail starts after it.
+	waitMirrored(t, natsURL, secret, 1)
+	tail := startTail(t, env, "events", "tail", "-o", "json")
+	seqOf := func(line string) uint64 {
+		t.Helper()
+		var l struct {
+			Sequence uint64 `json:"sequence"`
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+		return l.Sequence
+	}
+	a := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "a")
+	first := seqOf(tail.out.next(t, "the first creation"))
+	used := usedConsumers(t, natsURL, secret)
+	if len(used) != 1 {
+		t.Fatalf("tail uses consumers %v, want one", used)
+	}
+	nc, err := nats.Connect(natsURL, natsaccess.Options(secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, "TOKENS", used[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.ok("token", "rotate", a.ID)
+	c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "b")
+	for want := first + 1; want <= first+2; want++ {
+		if got := seqOf(tail.out.next(t, "an event after the consumer was deleted")); got != want {
+			t.Fatalf("sequence %d after the consumer was deleted, want %d", got, want)
+		}
+	}
+	if code := tail.end(t); code != 0 {
+		t.Fatalf("exit %d: %s", code, tail.err.String())
+	}
+	if len(tail.out.lines) != 0 {
+		t.Fatalf("more lines: %s", tail.out.String())
+	}
 }
 
 // A message that is not an event (only a writer bypassing the ledger can
-// store one, here on an open test server) is a warning; tail goes on.
+// store one, here the test on the ledger's own connection) is a warning;
+// tail goes on.
 func TestEventsTailWarnsOfAMessageThatIsNotAnEvent(t *testing.T) {
-	store, js, ns := eventstoretest.MustStore(t)
+	l := natsaccesstest.Start(t, natsaccesstest.Options{}) // the bootstrap is sequence 1
+	store, js := l.Store, l.LedgerJS
 	ctx := context.Background()
 	if _, err := js.Publish(ctx, "ledger.tokens.acme.tok_aaaaaaaaaaaaaaaaaaaaaaaaaa.TokenRotated", []byte("{not json")); err != nil {
 		t.Fatal(err)
@@ -256,12 +442,15 @@ func TestEventsTailWarnsOfAMessageThatIsNotAnEvent(t *testing.T) {
 	if _, err := store.Append(ctx, e, 0); err != nil {
 		t.Fatal(err)
 	}
-	tail := startTail(t, nil, "events", "tail", "--from-start", "--nats-url", ns.ClientURL(), "-o", "json")
+	tail := startTail(t, map[string]string{"LEDGER_API_TOKEN": l.OwnerSecret}, "events", "tail", "--from-start", "--nats-url", l.URL, "-o", "json")
+	if line := tail.out.next(t, "the bootstrap"); !strings.Contains(line, `"sequence":1`) {
+		t.Fatalf("first line = %s", line)
+	}
 	warning := tail.err.next(t, "warning")
-	if !strings.HasPrefix(warning, "warning: stream sequence 1 (ledger.tokens.acme.tok_aaaaaaaaaaaaaaaaaaaaaaaaaa.TokenRotated): not a ledger event, skipped:") {
+	if !strings.HasPrefix(warning, "warning: stream sequence 2 (ledger.tokens.acme.tok_aaaaaaaaaaaaaaaaaaaaaaaaaa.TokenRotated): not a ledger event, skipped:") {
 		t.Fatalf("warning = %q", warning)
 	}
-	if line := tail.out.next(t, "the event after it"); !strings.Contains(line, `"sequence":2`) || !strings.Contains(line, `"token_name":"fine"`) || strings.Contains(line, "hash") {
+	if line := tail.out.next(t, "the event after it"); !strings.Contains(line, `"sequence":3`) || !strings.Contains(line, `"token_name":"fine"`) || strings.Contains(line, "hash") {
 		t.Fatalf("line after the warning = %s", line)
 	}
 	if code := tail.end(t); code != 0 {
@@ -287,7 +476,12 @@ func TestEventsTailUsageErrors(t *testing.T) {
 			t.Errorf("ledger %s: exit %d, want %d: %s", strings.Join(args, " "), code, exitUsage, errOut)
 		}
 	}
+	// No token: a usage error, before anything connects.
+	if code, _, errOut := c.run("", "events", "tail", "--nats-url", "nats://127.0.0.1:1"); code != exitUsage || !strings.Contains(errOut, "LEDGER_API_TOKEN is not set") {
+		t.Fatalf("no token: exit %d: %s", code, errOut)
+	}
 	// No NATS there: unreachable, as for the API.
+	c.env["LEDGER_API_TOKEN"] = "tlo_whatever"
 	code, _, errOut = c.run("", "events", "tail", "--nats-url", "nats://127.0.0.1:1")
 	if code != exitNoReach || !strings.Contains(errOut, "nats://127.0.0.1:1") {
 		t.Fatalf("unreachable NATS: exit %d: %s", code, errOut)
