@@ -69,7 +69,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs := flag.NewFlagSet("tokencache", flag.ContinueOnError)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8090", "address of this service's API")
 	fs.StringVar(&c.natsURL, "nats-url", c.natsURL, "the ledger's NATS (default: LEDGER_NATS_URL, else nats://127.0.0.1:4222)")
-	fs.StringVar(&c.durable, "durable", defaultDurable(), "durable consumer name; give each running copy its own, or they split the events between them")
+	fs.StringVar(&c.durable, "durable", defaultDurable(), "durable consumer name, kept among the token's consumers (8 at most); copies sharing a token need one each, or they split the events between them")
 	fs.DurationVar(&c.maxAge, "max-age", time.Minute, "keep an answer at most this long even without an event (a token's expiry has none)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
