@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -233,17 +232,29 @@ func awaitStamp(ctx context.Context, ch <-chan stamp, seq uint64) (time.Time, er
 
 // benchNotify: from just before a rotation is asked of the ledger to the
 // moment a service's handler has the TokenRotated event. The service runs
-// the subscriber package with a durable consumer, connected anonymously as
-// the locked-down server's service user, as a service of `ledger serve`
-// does. The baseline: from just before a raw publish (as in append) to the
-// moment a plain JetStream durable consumer of the same user, filtered the
-// same way, has the message in its callback.
+// the subscriber package with a durable consumer, logged in to NATS with a
+// token of its own (an ORGANIZATION_MEMBER) over a loopback socket, as a
+// service of `ledger serve` does; it reads the services' mirror of the
+// stream, in the SERVICES account.
+//
+// The baseline: from just before a raw publish (as in append) to the moment
+// a plain JetStream durable consumer of the baseline stream, filtered the
+// same way, has the message in its callback. Services can no longer read
+// the baseline stream (only the services' mirror of the ledger's), so the
+// baseline consumer is the ledger's own, on its in-process connection, and
+// reads the stream itself: the ratio now includes the mirror's hop (the
+// event copied from LEDGER into the SERVICES account's stream before a
+// service can have it) and the service's socket.
 func (r *benchRig) benchNotify(ctx context.Context, p benchParams) ([]benchRow, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	member, err := r.ledger.CreateToken(ctx, r.owner, domain.CreateToken{Scope: "organization", Name: "bench-notify", Role: string(domain.RoleOrganizationMember)}, "")
+	if err != nil {
+		return nil, fmt.Errorf("the service's token: %w", err)
+	}
 	got := make(chan stamp, 64)
-	sub, err := subscriber.New(subscriber.Config{URL: r.natsURL, Durable: "bench-notify", OrganizationID: benchOrg})
+	sub, err := subscriber.New(subscriber.Config{URL: r.natsURL, Token: member.Secret.Reveal(), Durable: "bench-notify", OrganizationID: benchOrg})
 	if err != nil {
 		return nil, err
 	}
@@ -266,16 +277,7 @@ func (r *benchRig) benchNotify(ctx context.Context, p benchParams) ([]benchRow, 
 	}
 
 	rawGot := make(chan stamp, 64)
-	svc, err := nats.Connect(r.natsURL, nats.Name("bench-service"))
-	if err != nil {
-		return nil, err
-	}
-	defer svc.Close()
-	svcJS, err := jetstream.New(svc)
-	if err != nil {
-		return nil, err
-	}
-	cons, err := svcJS.CreateConsumer(ctx, baselineStream, jetstream.ConsumerConfig{
+	cons, err := r.js.CreateConsumer(ctx, baselineStream, jetstream.ConsumerConfig{
 		Durable: "bench-notify-raw", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverNewPolicy,
 		FilterSubject: baselinePrefix + "." + benchOrg + ".*." + string(domain.TokenRotated),
 	})
