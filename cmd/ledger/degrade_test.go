@@ -21,6 +21,7 @@ import (
 
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself stops the NATS
@@ -33,11 +34,25 @@ import (
 func TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself(t *testing.T) {
 	natsAddr := freeAddr(t)
 	natsDir := t.TempDir()
+	// "Your" NATS server, set up for the ledger as `ledger nats setup`
+	// does: its accounts, and the credentials file the ledger reads.
+	creds, err := natsaccess.NewCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile := filepath.Join(t.TempDir(), "nats-credentials.json")
+	if err := creds.Save(credsFile); err != nil {
+		t.Fatal(err)
+	}
+	accounts, err := creds.EmbeddedConfig("TOKENS")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ns *server.Server
 	startNATS := func() {
 		t.Helper()
 		var err error
-		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: natsDir, Listen: natsAddr})
+		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: natsDir, Listen: natsAddr, Config: accounts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +72,7 @@ func TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself(t *testing.T) {
 	dir := t.TempDir()
 	var logs syncBuffer
 	n, err := startLedger(context.Background(), serveOptions{
-		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: "nats://" + natsAddr, org: "acme", stream: "TOKENS", replicas: 1,
+		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: "nats://" + natsAddr, natsCredentials: credsFile, org: "acme", stream: "TOKENS", replicas: 1,
 	}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
