@@ -16,6 +16,14 @@ import (
 	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
 )
 
+// eachShape runs a test against the embedded server `ledger serve` starts
+// by default and against a three-server cluster configured as `ledger nats
+// setup` writes it (the ledger on one server, services on another).
+func eachShape(t *testing.T, test func(*testing.T, natsaccesstest.Options)) {
+	t.Run("embedded", func(t *testing.T) { test(t, natsaccesstest.Options{}) })
+	t.Run("cluster", func(t *testing.T) { test(t, natsaccesstest.Options{Cluster: 3}) })
+}
+
 // attacker is a NATS connection whose refusals the test can wait for: the
 // server answers a forbidden publish or subscription with an asynchronous
 // permissions violation, and a forbidden request with silence.
@@ -86,8 +94,10 @@ func ledgerConsumers(t *testing.T, l *natsaccesstest.Ledger) map[string]jetstrea
 
 // TestNoCredentialGetsIn: no anonymous access, no guessing the ledger's own
 // users, no malformed or unknown token.
-func TestNoCredentialGetsIn(t *testing.T) {
-	l := natsaccesstest.Start(t, natsaccesstest.Options{})
+func TestNoCredentialGetsIn(t *testing.T) { eachShape(t, noCredentialGetsIn) }
+
+func noCredentialGetsIn(t *testing.T, shape natsaccesstest.Options) {
+	l := natsaccesstest.Start(t, shape)
 	tries := map[string][]nats.Option{
 		"no credential":          nil,
 		"an unknown token":       {nats.Token("tlo_" + strings.Repeat("A", 49))},
@@ -112,7 +122,11 @@ func TestNoCredentialGetsIn(t *testing.T) {
 // stream, nor another service's consumers, nor another organization's
 // events.
 func TestServicesCannotTouchTheLedgersReading(t *testing.T) {
-	l := natsaccesstest.Start(t, natsaccesstest.Options{})
+	eachShape(t, servicesCannotTouchTheLedgersReading)
+}
+
+func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Options) {
+	l := natsaccesstest.Start(t, shape)
 	member, memberSecret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc-a", Role: string(domain.RoleOrganizationMember)})
 	_, otherSecret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc-b", Role: string(domain.RoleOrganizationMember)})
 	ws, wsSecret := l.Token(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "ws-svc", Role: string(domain.RoleWorkspaceMember)})
@@ -303,7 +317,11 @@ func TestATokenHasItsOwnConsumerNamesOnly(t *testing.T) {
 // TestRotatingOrDeletingATokenCutsItsConnections measures how long a live
 // connection outlives its token's rotation and deletion (at most 5 s).
 func TestRotatingOrDeletingATokenCutsItsConnections(t *testing.T) {
-	l := natsaccesstest.Start(t, natsaccesstest.Options{})
+	eachShape(t, rotatingOrDeletingATokenCutsItsConnections)
+}
+
+func rotatingOrDeletingATokenCutsItsConnections(t *testing.T, shape natsaccesstest.Options) {
+	l := natsaccesstest.Start(t, shape)
 	for _, how := range []string{"rotate", "delete"} {
 		tok, secret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc-" + how, Role: string(domain.RoleOrganizationMember)})
 		closed := make(chan time.Time, 1)

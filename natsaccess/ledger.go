@@ -33,7 +33,9 @@ func (c *Conns) Close() {
 // without a socket (url is then ignored). opts apply to both connections.
 func Connect(url string, inProcess nats.InProcessConnProvider, creds Credentials, opts ...nats.Option) (*Conns, error) {
 	connect := func(name, user, password string) (*nats.Conn, error) {
-		o := append([]nats.Option{nats.Name(name), nats.UserInfo(user, password)}, opts...)
+		// A server checks the password against its bcrypt hash, which takes
+		// longer than nats.go's 2 s default on a busy or slow machine.
+		o := append([]nats.Option{nats.Name(name), nats.UserInfo(user, password), nats.Timeout(20 * time.Second)}, opts...)
 		if inProcess != nil {
 			o = append(o, nats.InProcessServer(inProcess))
 			return nats.Connect("", o...)

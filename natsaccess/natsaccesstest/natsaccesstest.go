@@ -48,6 +48,10 @@ type Options struct {
 	RevokeEvery time.Duration
 	// Storage of the stream and the mirror (zero: file).
 	Storage jetstream.StorageType
+	// Cluster, when above 1, runs that many servers in one cluster (the
+	// stream and mirror replicated on all of them, at most 3): the ledger
+	// on the first, services on the others (URL is the last one's).
+	Cluster int
 	// Log gets the callout's and the revoker's log (nil: none).
 	Log *slog.Logger
 }
@@ -63,33 +67,73 @@ func Start(tb testing.TB, o Options) *Ledger {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	accounts, err := creds.EmbeddedConfig(cfg.Stream)
+	config := creds.EmbeddedConfig
+	if o.Cluster > 1 {
+		config = creds.ServerConfig // as `ledger nats setup` writes it
+	}
+	accounts, err := config(cfg.Stream)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: tb.TempDir(), Listen: "127.0.0.1:0", ServerName: "ledger", Config: accounts})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	conns, err := natsaccess.Connect("", ns, creds)
-	if err != nil {
-		tb.Fatal(err)
+	var ns, servicesNS *server.Server
+	var conns *natsaccess.Conns
+	if o.Cluster > 1 {
+		routes, err := creds.RoutesConfig()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		servers := startCluster(tb, o.Cluster, accounts, routes, natsaccess.RouteUser, creds.RoutePassword)
+		ns, servicesNS = servers[0], servers[len(servers)-1]
+		cfg.Replicas = min(o.Cluster, 3)
+		// Until the cluster has a JetStream leader the stream cannot be
+		// made: the ledger retries, as `ledger serve` on a fresh cluster.
+		conns, err = natsaccess.Connect(ns.ClientURL(), nil, creds)
+		if err != nil {
+			tb.Fatal(err)
+		}
+	} else {
+		ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: tb.TempDir(), Listen: "127.0.0.1:0", ServerName: "ledger", Config: accounts})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+		servicesNS = ns
+		if conns, err = natsaccess.Connect("", ns, creds); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	tb.Cleanup(conns.Close)
 	js, err := jetstream.New(conns.Ledger)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	store, err := eventstore.Open(ctx, js, cfg)
+	open := func() (*eventstore.Store, error) {
+		if o.Cluster <= 1 {
+			return eventstore.Open(ctx, js, cfg)
+		}
+		// Each try briefly: a request sent before the cluster had a
+		// JetStream leader is never answered.
+		try, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		return eventstore.Open(try, js, cfg)
+	}
+	store, err := open()
+	for err != nil && o.Cluster > 1 && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+		store, err = open()
+	}
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if o.Cluster > 1 {
+		waitForLeader(tb, ctx, js, cfg.Stream)
 	}
 	view := projections.NewTokens()
 	l := app.New(store, view)
 	tb.Cleanup(func() { _ = l.Close() })
 	tb.Cleanup(app.Feed(store, view, nil))
-	access, err := natsaccess.Start(ctx, conns, l, creds, natsaccess.Settings{
+	var access *natsaccess.Access
+	access, err = natsaccess.Start(ctx, conns, l, creds, natsaccess.Settings{
 		Stream: cfg.Stream, SubjectPrefix: cfg.SubjectPrefix, Storage: cfg.Storage, Replicas: cfg.Replicas, RevokeEvery: o.RevokeEvery,
 	}, o.Log)
 	if err != nil {
@@ -100,7 +144,7 @@ func Start(tb testing.TB, o Options) *Ledger {
 	if err != nil || owner == nil {
 		tb.Fatalf("bootstrap: %v", err)
 	}
-	return &Ledger{NS: ns, URL: ns.ClientURL(), Conns: conns, LedgerJS: js, Store: store, View: view, App: l,
+	return &Ledger{NS: ns, URL: servicesNS.ClientURL(), Conns: conns, LedgerJS: js, Store: store, View: view, App: l,
 		Owner:       app.Caller{Token: owner, RequestID: "test-request", SourceIP: "127.0.0.1", UserAgent: "natsaccesstest"},
 		OwnerSecret: secret.Reveal()}
 }
@@ -128,4 +172,17 @@ func (l *Ledger) Service(tb testing.TB, secret string, opts ...nats.Option) (*na
 	}
 	tb.Cleanup(nc.Close)
 	return nc, nil
+}
+
+func waitForLeader(tb testing.TB, ctx context.Context, js jetstream.JetStream, name string) {
+	tb.Helper()
+	for ctx.Err() == nil {
+		if s, err := js.Stream(ctx, name); err == nil {
+			if c := s.CachedInfo().Cluster; c != nil && c.Leader != "" {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatalf("stream %s has no leader", name)
 }
