@@ -15,10 +15,12 @@
 package eventstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,15 +81,35 @@ type Store struct {
 // TokenID come from the subject, which is what concurrency control is keyed
 // on. Err is set when the message is not a valid event for that subject
 // (undecodable, or its body names another token); Event is then empty. Only a
-// writer that bypassed the ledger can store such a message.
+// writer that bypassed the ledger can store such a message. A message the
+// server delivered otherwise than the stream holds it never comes as a
+// Recorded: the read stops with ErrBadDelivery instead.
 type Recorded struct {
 	Sequence       uint64
 	OrganizationID string
 	TokenID        string
 	Event          domain.Event
 	Err            error
+	// typ is the event type named by the subject.
+	typ string
 	// pending is how many messages the consumer had left after this one.
 	pending uint64
+}
+
+// ErrBadDelivery: the NATS server delivered something other than what the
+// ledger's consumer asked for, or other than the stream holds: a message
+// without its body, one outside the consumer's subjects or out of order,
+// fewer messages than the consumer counted, or a consumer whose config is
+// no longer the one the ledger made. Anyone who can reach the JetStream API
+// can update a consumer (CONSUMER.CREATE on an existing name is an update):
+// headers_only makes it send every message without its body, a narrower
+// filter makes it skip events. It says nothing about the events in the
+// stream, so no message is refused or quarantined for it: the reader stops
+// and reads again on a fresh consumer.
+var ErrBadDelivery = errors.New("the NATS server delivered what the ledger's consumer did not ask for")
+
+func badDelivery(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadDelivery, fmt.Sprintf(format, args...))
 }
 
 // Open creates the stream, or brings an existing one to cfg. The stream denies
@@ -241,10 +263,15 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 	}
 	info := cons.CachedInfo()
-	defer s.dropConsumer(ctx, cons, false)
+	defer s.dropConsumer(ctx, cons)
+	// The history is exactly the consumer's count when it was made (it
+	// fetches no more), each message on this token's subjects, in order:
+	// a consumer changed under the read cannot pass off fewer events, or
+	// another token's, as the history.
 	pending := info.NumPending
 	out := make([]Recorded, 0, pending)
 	dec := &eventDecoder{}
+	var prev uint64
 	for uint64(len(out)) < pending {
 		batch, err := cons.Fetch(int(pending)-len(out), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -253,20 +280,24 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			rec, err := s.decode(dec, msg)
+			rec, err := s.decode(ctx, dec, msg)
+			if err == nil && (rec.OrganizationID != org || rec.TokenID != tokenID || rec.Sequence <= prev) {
+				err = badDelivery("sequence %d of organization %s, token %s, after sequence %d", rec.Sequence, rec.OrganizationID, rec.TokenID, prev)
+			}
 			if err == nil {
 				err = rec.Err
 			}
 			if err != nil {
 				return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 			}
+			prev = rec.Sequence
 			out = append(out, rec)
 		}
 		if err := batch.Error(); err != nil {
 			return nil, fmt.Errorf("load token %s: %w", tokenID, err)
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("load token %s: stream returned no events, %d expected", tokenID, pending)
+			return nil, fmt.Errorf("load token %s: %w", tokenID, badDelivery("%d of the %d events counted were delivered", len(out), pending))
 		}
 	}
 	return out, nil
@@ -276,10 +307,16 @@ func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, erro
 // in order, then keeps delivering new ones until ctx ends. A message that is
 // not a valid event is delivered too, with Err set, so the reader can count it
 // and move on. handle runs on one goroutine; an error from it stops Follow and
-// is returned. Follow returns ctx's error when ctx ends, and any other error
-// when the stream cannot be read; the caller may follow again from where it
-// got to.
-func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) error) error {
+// is returned. Follow returns ctx's error when ctx ends, ErrBadDelivery when
+// the server delivers what its consumer did not ask for (a message without
+// its body, say) or the consumer is found changed (it is asked every
+// consumerCheckEvery), and any other error when the stream cannot be read;
+// the caller may follow again, on a fresh consumer, from where it got to.
+func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) error, opts ...FollowOption) error {
+	var o followOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
 	if from > 1 {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
@@ -289,20 +326,127 @@ func (s *Store) Follow(ctx context.Context, from uint64, handle func(Recorded) e
 	if err != nil {
 		return fmt.Errorf("follow stream %s: %w", s.cfg.Stream, err)
 	}
-	return s.consume(ctx, cons, handle, false)
+	return s.consume(ctx, cons, watch{check: wantConsumer(nil, cfg.DeliverPolicy), passed: o.checked}, handle, false)
 }
 
-// consume hands every message cons delivers to handle until ctx ends or
-// handle fails. With waitStop, it returns only once the reader has stopped,
-// so the caller may delete the consumer: deleted under a running iterator,
-// an ordered consumer would create a new one, left for its 5 minutes.
-func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle func(Recorded) error, waitStop bool) error {
+// FollowOption changes how Follow runs.
+type FollowOption func(*followOptions)
+
+type followOptions struct{ checked func() }
+
+// WhenConsumerChecked makes Follow call f each time it has asked the server
+// about its consumer and found it as it made it: the feed has been sound
+// since it began, or since the last check.
+func WhenConsumerChecked(f func()) FollowOption {
+	return func(o *followOptions) { o.checked = f }
+}
+
+// consumerCheckEvery is how often a read running on a consumer asks the
+// server what the consumer now is: one request a second, never one a
+// message, which would halve a replay's speed.
+const consumerCheckEvery = time.Second
+
+// watch is how a read checks its consumer while it runs (see watchConsumer).
+type watch struct {
+	// check says whether the consumer, as the server describes it now, is
+	// still the one the read made; its error stops the read.
+	check func(*jetstream.ConsumerInfo) error
+	// passed, if not nil, is called after each check that passes.
+	passed func()
+}
+
+// watchConsumer asks the server about cons every consumerCheckEvery until
+// ctx ends or a check fails, and sends each check's outcome (nil: passed)
+// to checks. A question the server does not answer (a consumer being
+// re-created by nats.go, a server away) is asked again at the next tick: a
+// read that stops delivering meanwhile is its caller's to notice (app.Run's
+// stall watchdog, a scan's count).
+func watchConsumer(ctx context.Context, cons jetstream.Consumer, w watch, checks chan<- error) {
+	tick := time.NewTicker(consumerCheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		askCtx, cancel := context.WithTimeout(ctx, consumerCheckEvery)
+		info, err := cons.Info(askCtx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		err = w.check(info)
+		select {
+		case checks <- err:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// wantConsumer checks that a consumer is still configured as a read made
+// it, in each field that decides which messages it delivers, whole, in
+// order and promptly: its filters, headers_only, its deliver, ack and
+// replay policies, and that it is not paused. Besides the deliver policy
+// asked for, by start sequence is right too: nats.go's ordered consumer
+// re-creates its consumer so, after the last message it delivered.
+func wantConsumer(filters []string, deliver jetstream.DeliverPolicy) func(*jetstream.ConsumerInfo) error {
+	want := slices.Sorted(slices.Values(filters))
+	return func(info *jetstream.ConsumerInfo) error {
+		c := info.Config
+		got := slices.Clone(c.FilterSubjects)
+		if c.FilterSubject != "" {
+			got = append(got, c.FilterSubject)
+		}
+		slices.Sort(got)
+		var changed []string
+		if !slices.Equal(got, want) {
+			changed = append(changed, fmt.Sprintf("filters %q, not %q", got, want))
+		}
+		if c.HeadersOnly {
+			changed = append(changed, "headers only")
+		}
+		if c.DeliverPolicy != deliver && c.DeliverPolicy != jetstream.DeliverByStartSequencePolicy {
+			changed = append(changed, fmt.Sprintf("deliver policy %v", c.DeliverPolicy))
+		}
+		if c.AckPolicy != jetstream.AckNonePolicy {
+			changed = append(changed, fmt.Sprintf("ack policy %v", c.AckPolicy))
+		}
+		if c.ReplayPolicy != jetstream.ReplayInstantPolicy {
+			changed = append(changed, fmt.Sprintf("replay policy %v", c.ReplayPolicy))
+		}
+		if info.Paused {
+			changed = append(changed, "paused")
+		}
+		if len(changed) > 0 {
+			return badDelivery("consumer %s is not as the ledger made it: %s", info.Name, strings.Join(changed, ", "))
+		}
+		return nil
+	}
+}
+
+// consume hands every message cons delivers to handle until ctx ends,
+// handle fails, or w finds the consumer changed. With waitStop, it returns
+// only once the reader has stopped, so the caller may delete the consumer
+// with nothing reading from it (deleted under a running iterator, an
+// ordered consumer would create a new one, left for its 5 minutes).
+func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, w watch, handle func(Recorded) error, waitStop bool) error {
 	iter, err := cons.Messages(jetstream.PullMaxMessages(1024))
 	if err != nil {
 		return fmt.Errorf("read stream %s: %w", s.cfg.Stream, err)
 	}
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
+	// The watch's outcomes are taken here, between batches: w.passed then
+	// runs only while the read does, never after it has returned.
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	checks := make(chan error)
+	go watchConsumer(watchCtx, cons, w, checks)
 
 	// Reading and decoding run on their own goroutine, handling on this one,
 	// with batches between them: a replay then uses both cores. A batch goes
@@ -318,7 +462,7 @@ func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle fun
 	for range buffers {
 		free <- make([]Recorded, 0, followBatchSize)
 	}
-	go s.read(iter, batches, free)
+	go s.read(ctx, iter, batches, free)
 	// The reader is let finish in the background: stopping the iterator can
 	// take seconds, since nats.go's ordered consumer holds its lock while it
 	// re-creates its consumer (up to 10 s an attempt, as when a cluster has
@@ -342,6 +486,14 @@ func (s *Store) consume(ctx context.Context, cons jetstream.Consumer, handle fun
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-checks:
+			if err != nil {
+				return fmt.Errorf("read stream %s: %w", s.cfg.Stream, err)
+			}
+			if w.passed != nil {
+				w.passed()
+			}
+			continue
 		case next, ok := <-batches:
 			if !ok {
 				return ctx.Err()
@@ -371,7 +523,7 @@ type followBatch struct {
 
 const followBatchSize = 256
 
-func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch, free chan []Recorded) {
+func (s *Store) read(ctx context.Context, iter jetstream.MessagesContext, out chan<- followBatch, free chan []Recorded) {
 	defer close(out)
 	dec := &eventDecoder{}
 	recs := <-free
@@ -381,7 +533,7 @@ func (s *Store) read(iter jetstream.MessagesContext, out chan<- followBatch, fre
 			out <- followBatch{recs: recs, err: err}
 			return
 		}
-		rec, err := s.decode(dec, msg)
+		rec, err := s.decode(ctx, dec, msg)
 		if err != nil {
 			out <- followBatch{recs: recs, err: err}
 			return
@@ -407,27 +559,56 @@ func (s *Store) Get(ctx context.Context, seq uint64) (Recorded, error) {
 	return Recorded{Sequence: raw.Sequence, Event: e}, nil
 }
 
-// decode reads a stream message. Its error means the message carries no
-// stream metadata at all (it did not come from the stream); a message that is
-// not a valid event comes back with Recorded.Err.
-func (s *Store) decode(dec *eventDecoder, msg jetstream.Msg) (rec Recorded, err error) {
+// decode reads a stream message. Its error (ErrBadDelivery, or a failure to
+// check the message against the stream) means the message is not as the
+// stream holds it, or not known to be: the server's doing, not the event's.
+// A message the stream does hold that is not a valid event comes back with
+// Recorded.Err.
+func (s *Store) decode(ctx context.Context, dec *eventDecoder, msg jetstream.Msg) (rec Recorded, err error) {
 	meta, err := msg.Metadata()
 	if err != nil {
-		return Recorded{}, fmt.Errorf("event metadata: %w", err)
+		return Recorded{}, badDelivery("a message without stream metadata: %v", err)
 	}
 	rec = Recorded{Sequence: meta.Sequence.Stream, pending: meta.NumPending}
-	var typ string
-	rec.OrganizationID, rec.TokenID, typ = s.parseSubject(msg.Subject())
-	e, err := dec.decode(msg.Data())
+	subject, data := msg.Subject(), msg.Data()
+	rec.OrganizationID, rec.TokenID, rec.typ = s.parseSubject(subject)
+	if len(data) == 0 || rec.OrganizationID == "" || rec.TokenID == "" || rec.typ == "" {
+		if err := s.checkStored(ctx, rec.Sequence, subject, data); err != nil {
+			return Recorded{}, err
+		}
+	}
+	e, err := dec.decode(data)
 	switch {
 	case err != nil:
-		rec.Err = fmt.Errorf("message at sequence %d on %s is not an event: %w", rec.Sequence, msg.Subject(), err)
-	case e.OrganizationID != rec.OrganizationID || e.TokenID != rec.TokenID || string(e.Type) != typ:
-		rec.Err = fmt.Errorf("event %s at sequence %d is stored on %s but is about %s", e.ID, rec.Sequence, msg.Subject(), s.Subject(e))
+		rec.Err = fmt.Errorf("message at sequence %d on %s is not an event: %w", rec.Sequence, subject, err)
+	case e.OrganizationID != rec.OrganizationID || e.TokenID != rec.TokenID || string(e.Type) != rec.typ:
+		rec.Err = fmt.Errorf("event %s at sequence %d is stored on %s but is about %s", e.ID, rec.Sequence, subject, s.Subject(e))
 	default:
 		rec.Event = e
 	}
 	return rec, nil
+}
+
+// checkStored asks the stream whether it holds the message at seq as it was
+// delivered: on subject, with data. It is asked for a message the ledger
+// never writes (no body, or a subject that is no event's), which is either
+// the stream's (a writer that bypassed the ledger stored it so: a bad event,
+// for the reader to refuse and move on) or the consumer's doing (a
+// headers_only consumer sends every message without its body, with a
+// Nats-Msg-Size header). The question goes by sequence, as a direct get: an
+// API path apart from the consumer's. Such messages are rare, so the round
+// trip costs a replay nothing.
+func (s *Store) checkStored(ctx context.Context, seq uint64, subject string, data []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := s.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("check the message at sequence %d against the stream: %w", seq, err)
+	}
+	if raw.Subject != subject || !bytes.Equal(raw.Data, data) {
+		return badDelivery("sequence %d came on %s with %d bytes, but the stream holds it on %s with %d bytes", seq, subject, len(data), raw.Subject, len(raw.Data))
+	}
+	return nil
 }
 
 // parseSubject takes organization, token id and event type out of a message
