@@ -67,6 +67,12 @@ type ExportOutput struct {
 // are read (a Parquet row group at a time), and only one chain entry per
 // token is kept, for the manifest, which is written as it is made. Only an
 // organization owner may export.
+//
+// The manifest is signed only once the stream read has proved it delivered
+// every event of the range up to its cut (eventstore.Store.Scan): when the
+// NATS server delivers less or other than that (a consumer changed under
+// the export: eventstore.ErrBadDelivery), Export fails as unavailable and
+// signs nothing; the rows already written are then not an export.
 func (l *Ledger) Export(ctx context.Context, c Caller, q ExportQuery, to ExportOutput) (exporters.Manifest, error) {
 	var none exporters.Manifest
 	if err := domain.Authorize(c.Token, domain.OpExport, nil, nil); err != nil {

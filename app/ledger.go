@@ -166,6 +166,12 @@ type Result struct {
 // behind the stream without progress for stallAfter (a consumer that stopped
 // delivering); failures in a row wait longer each time. It returns when ctx
 // ends.
+//
+// What the server delivered wrongly (eventstore.ErrBadDelivery: a message
+// without its body, a consumer found changed, a gap) is the server's fault,
+// not the events': nothing is refused or quarantined for it, and the view
+// is marked faulty (view.SetFeedFault, which readiness reports) until a
+// fresh consumer has been found sound.
 func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens, report func(error)) {
 	if report == nil {
 		report = func(error) {}
@@ -180,6 +186,7 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 			watchStall(followCtx, store, view, func(err error) { stop(err) })
 		}()
 		want := from
+		sound := eventstore.WhenConsumerChecked(func() { view.SetFeedFault(nil) })
 		err := store.Follow(followCtx, from, func(r eventstore.Recorded) error {
 			// The stream denies deletes, so its sequences have no gaps: a gap
 			// means the consumer was tampered with (filtered, say).
@@ -196,7 +203,7 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 				report(fmt.Errorf("refused: %w", err))
 			}
 			return nil
-		})
+		}, sound)
 		if cause := context.Cause(followCtx); cause != nil && ctx.Err() == nil && errors.Is(err, context.Canceled) {
 			err = cause // the watchdog stopped it
 		}
@@ -205,7 +212,11 @@ func Run(ctx context.Context, store *eventstore.Store, view *projections.Tokens,
 		if ctx.Err() != nil {
 			return
 		}
-		report(fmt.Errorf("reading the stream stopped at sequence %d, following again: %w", view.Sequence(), err))
+		err = fmt.Errorf("reading the stream stopped at sequence %d, following again: %w", view.Sequence(), err)
+		if errors.Is(err, eventstore.ErrBadDelivery) {
+			view.SetFeedFault(err) // before the report: whoever reads it sees not ready
+		}
+		report(err)
 		if view.Sequence() >= from {
 			pause = 100 * time.Millisecond // it made progress: not a tight failure loop
 		}
@@ -260,7 +271,9 @@ func watchStall(ctx context.Context, store *eventstore.Store, view *projections.
 	}
 }
 
-var errGap = errors.New("gap in the stream's sequence")
+// errGap is a bad delivery: the stream denies deletes, so only a consumer
+// tampered with (filtered, say) skips a sequence.
+var errGap = fmt.Errorf("%w: gap in the stream's sequence", eventstore.ErrBadDelivery)
 
 // Feed runs Run in the background; stop ends it and waits until it has.
 func Feed(store *eventstore.Store, view *projections.Tokens, report func(error)) (stop func()) {

@@ -51,6 +51,9 @@ type Tokens struct {
 	// worth saving when either the sequence or this has moved.
 	uses      atomic.Uint64
 	usesSaved atomic.Uint64
+	// feedFault is why the view's feed cannot be trusted now (see
+	// SetFeedFault); nil: no known fault.
+	feedFault atomic.Pointer[error]
 }
 
 type tokenKey struct{ org, id string }
@@ -276,6 +279,26 @@ func (v *Tokens) Sequence() uint64 {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.seq
+}
+
+// SetFeedFault records that what feeds the view is not to be trusted now, and
+// why (the server delivered what the view's consumer did not ask for, say),
+// or, with nil, that it is again. The view itself is not changed: it holds
+// what it applied before, and its readiness check reports the fault.
+func (v *Tokens) SetFeedFault(err error) {
+	if err == nil {
+		v.feedFault.Store(nil)
+		return
+	}
+	v.feedFault.Store(&err)
+}
+
+// FeedFault is the fault SetFeedFault recorded last; nil if none.
+func (v *Tokens) FeedFault() error {
+	if p := v.feedFault.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Rejected is the number of stream messages Apply refused.

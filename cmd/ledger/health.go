@@ -27,9 +27,11 @@ func natsConnected(nc *nats.Conn) func() error {
 }
 
 // healthOf reports what /healthz and /readyz show: NATS connected, the stream
-// answering (within 2 s), the view keeping up with it (see lagWatch). The
-// stream is not asked while NATS is down, so neither answer waits for it;
-// the view's lag cannot be judged then, and it keeps answering reads.
+// answering (within 2 s), the view keeping up with it (see lagWatch) on a
+// feed that delivers what it asked for (see app.Run: a consumer found
+// changed, a message without its body). The stream is not asked while NATS
+// is down, so neither answer waits for it; the view's lag cannot be judged
+// then, and it keeps answering reads.
 func healthOf(nc *nats.Conn, store *eventstore.Store, view *projections.Tokens, lag *lagWatch) func(context.Context) []httpapi.Component {
 	connected := natsConnected(nc)
 	return func(ctx context.Context) []httpapi.Component {
@@ -46,6 +48,9 @@ func healthOf(nc *nats.Conn, store *eventstore.Store, view *projections.Tokens, 
 			} else {
 				viewErr = lag.check(view.Sequence(), last, time.Now())
 			}
+		}
+		if fault := view.FeedFault(); fault != nil {
+			viewErr = fmt.Errorf("feed fault: %w", fault)
 		}
 		return []httpapi.Component{{Name: "nats", Err: natsErr}, {Name: "stream", Err: streamErr}, {Name: "view", Err: viewErr}}
 	}
