@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,18 +16,83 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
+	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
+
+// startSetUpNATS starts a NATS server for `ledger serve --nats-url`, set
+// up as an operator sets up theirs: `ledger nats setup` writes the
+// credentials and the accounts, and the server, a nats-server process (the
+// one of go.mod), runs a configuration file that includes the accounts
+// file from beside it. It returns the server's URL and the credentials
+// file, for --nats-credentials.
+func startSetUpNATS(t *testing.T) (url, credentials string) {
+	t.Helper()
+	bin := goBuild(t, "nats-server", "github.com/nats-io/nats-server/v2")
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "auth")
+	if code, out, errOut := (cli{t: t}).run("", "nats", "setup", auth); code != 0 {
+		t.Fatalf("ledger nats setup: exit %d: %s%s", code, out, errOut)
+	}
+	// A random port, which the server writes into the ports file once it
+	// listens (JetStream is up by then).
+	ports := filepath.Join(dir, "ports")
+	if err := os.Mkdir(ports, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "nats.conf")
+	text := fmt.Sprintf("host: \"127.0.0.1\"\nport: -1\nports_file_dir: %q\njetstream { store_dir: %q }\ninclude auth/%s\n",
+		ports, filepath.Join(dir, "jetstream"), natsAccountsFile)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", conf)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("nats-server, last lines:\n%s", lastLines(logs.String(), 20))
+		}
+	})
+	waitUntil(t, 30*time.Second, "nats-server's ports file", func() (bool, string) {
+		select {
+		case <-done:
+			t.Fatalf("nats-server exited: %s", lastLines(logs.String(), 10))
+		default:
+		}
+		files, _ := filepath.Glob(filepath.Join(ports, "*.ports"))
+		if len(files) == 0 {
+			return false, "none yet"
+		}
+		b, _ := os.ReadFile(files[0])
+		var p server.Ports
+		if json.Unmarshal(b, &p) != nil || len(p.Nats) == 0 {
+			return false, string(b) // being written
+		}
+		url = p.Nats[0]
+		return true, ""
+	})
+	return url, filepath.Join(auth, natsCredentialsFile)
+}
 
 // startInProcess runs `ledger serve` in this process on an external test NATS
 // server (--nats-url), and returns the API's URL and the bootstrap secret.
 func startInProcess(t *testing.T) (url, secret string) {
 	t.Helper()
-	ns := eventstoretest.MustServer(t)
+	natsURL, credentials := startSetUpNATS(t)
 	dir := t.TempDir()
 	n, err := startLedger(context.Background(), serveOptions{
-		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: ns.ClientURL(), org: "acme", stream: "TOKENS", replicas: 1,
+		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: natsURL, natsCredentials: credentials, org: "acme", stream: "TOKENS", replicas: 1,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +181,7 @@ func TestCLIExitCodesAndPrompts(t *testing.T) {
 	if code, _, _ := c.run("", "token", "list", "-o", "yaml"); code != exitUsage {
 		t.Fatalf("-o yaml: %d", code)
 	}
-	if code, _, _ := c.run("", "serve", "--nats-listen", "127.0.0.1:1", "--nats-url", "nats://x"); code != exitUsage {
+	if code, _, _ := c.run("", "serve", "--nats-listen", "127.0.0.1:1", "--nats-url", "nats://x", "--nats-credentials", "x.json"); code != exitUsage {
 		t.Fatalf("--nats-listen with --nats-url: %d", code)
 	}
 	for _, args := range [][]string{
@@ -161,9 +227,9 @@ func TestHealthReportsAViewStuckBehindTheStream(t *testing.T) {
 }
 
 func TestABootstrapSecretSavedJustBeforeACrashIsRecovered(t *testing.T) {
-	ns := eventstoretest.MustServer(t)
+	natsURL, credentials := startSetUpNATS(t)
 	dir := t.TempDir()
-	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: ns.ClientURL(), org: "acme", stream: "TOKENS", replicas: 1}
+	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: natsURL, natsCredentials: credentials, org: "acme", stream: "TOKENS", replicas: 1}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	n, err := startLedger(context.Background(), opts, quiet)
 	if err != nil {
@@ -360,6 +426,120 @@ func TestCLIShowRightAfterCreateNeverMissesTheToken(t *testing.T) {
 		code, out, errOut := c.run("", "token", "show", tok.ID)
 		if code != 0 || !strings.Contains(out, tok.ID) || !strings.Contains(out, fmt.Sprintf("bot-%d", i)) {
 			t.Fatalf("show right after create #%d: exit %d\n%s%s", i, code, out, errOut)
+		}
+	}
+}
+
+// `ledger serve --nats-url` needs the credentials `ledger nats setup` wrote,
+// and only then.
+func TestServeNATSCredentialsUsageErrors(t *testing.T) {
+	c := cli{t: t}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--nats-url", "nats://127.0.0.1:1"}, "--nats-url needs --nats-credentials"},
+		{[]string{"serve", "--nats-credentials", "nats-credentials.json"}, "--nats-credentials goes with --nats-url"},
+	} {
+		code, _, errOut := c.run("", tc.args...)
+		if code != exitUsage || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d saying %q", tc.args, code, errOut, exitUsage, tc.want)
+		}
+	}
+}
+
+// `ledger nats setup` makes the credentials once and keeps them; it writes
+// the servers' files from them on every run, the route URLs (with the
+// route password) only with --routes and readable by their owner only, and
+// prints no secret.
+func TestNATSSetupKeepsTheCredentialsAndWritesTheRoutesWithTheirPassword(t *testing.T) {
+	c := cli{t: t}
+	dir := filepath.Join(t.TempDir(), "auth")
+	code, out, errOut := c.run("", "nats", "setup", dir)
+	if code != 0 {
+		t.Fatalf("setup: exit %d: %s", code, errOut)
+	}
+	credPath := filepath.Join(dir, natsCredentialsFile)
+	creds, err := natsaccess.LoadCredentials(credPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := []string{creds.LedgerPassword, creds.SystemPassword, creds.RoutePassword, creds.IssuerSeed}
+	for _, f := range []struct {
+		name string
+		mode os.FileMode
+	}{{natsCredentialsFile, 0o600}, {natsAccountsFile, 0o644}, {natsRoutesFile, 0o644}} {
+		info, err := os.Stat(filepath.Join(dir, f.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Mode().Perm() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.name, info.Mode().Perm(), f.mode)
+		}
+		if f.name == natsCredentialsFile {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, f.name))
+		for _, s := range secrets {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s holds a secret of %s", f.name, natsCredentialsFile)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, natsRouteURLsFile)); !os.IsNotExist(err) {
+		t.Errorf("%s written without --routes: %v", natsRouteURLsFile, err)
+	}
+
+	// Again, with routes: the same credentials, and the routes with them.
+	routes := []string{"nats-route://n1:6222", "nats-route://n2:6222", "nats-route://10.0.0.3:7222"}
+	code, out2, errOut := c.run("", "nats", "setup", dir, "--routes", strings.Join(routes[:2], ","), "--routes", routes[2])
+	if code != 0 {
+		t.Fatalf("setup --routes: exit %d: %s", code, errOut)
+	}
+	if again, err := natsaccess.LoadCredentials(credPath); err != nil || again != creds {
+		t.Fatalf("a second run changed the credentials (%v)", err)
+	}
+	for _, s := range secrets {
+		if strings.Contains(out+out2, s) {
+			t.Error("setup printed a secret")
+		}
+	}
+	urlsPath := filepath.Join(dir, natsRouteURLsFile)
+	if info, err := os.Stat(urlsPath); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v, %v; want mode 0600: it holds the route password", natsRouteURLsFile, info, err)
+	}
+	// What nats-server makes of it, inside a cluster block as
+	// docker/nats.conf includes it.
+	conf := filepath.Join(dir, "server.conf")
+	if err := os.WriteFile(conf, []byte("cluster {\n  port: 6222\n  include "+natsRoutesFile+"\n  include "+natsRouteURLsFile+"\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hosts []string
+	for _, r := range opts.Routes {
+		hosts = append(hosts, r.Scheme+"://"+r.Host)
+		if pw, _ := r.User.Password(); r.User.Username() != natsaccess.RouteUser || pw != creds.RoutePassword {
+			t.Errorf("the route to %s does not log in as %s with the route password", r.Host, natsaccess.RouteUser)
+		}
+	}
+	if !slices.Equal(hosts, routes) {
+		t.Errorf("routes %v, want %v", hosts, routes)
+	}
+	if opts.Cluster.Username != natsaccess.RouteUser || bcrypt.CompareHashAndPassword([]byte(opts.Cluster.Password), []byte(creds.RoutePassword)) != nil {
+		t.Errorf("the cluster's authorization is not %s with the hash of the route password", natsaccess.RouteUser)
+	}
+
+	// Routes it cannot use are refused, and nothing is written.
+	for _, bad := range []string{"n1:6222", "nats-route://ledger-route:x@n1:6222", "http://n1:6222", "nats-route://n1", "nats-route://n1:6222/x"} {
+		empty := t.TempDir()
+		if code, _, errOut := c.run("", "nats", "setup", empty, "--routes", bad); code != exitUsage || !strings.Contains(errOut, "--routes") {
+			t.Errorf("--routes %s: exit %d, %s; want a usage error", bad, code, errOut)
+		}
+		if files, _ := os.ReadDir(empty); len(files) > 0 {
+			t.Errorf("--routes %s: files written: %v", bad, files)
 		}
 	}
 }

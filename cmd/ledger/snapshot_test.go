@@ -9,14 +9,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
 )
 
 func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
-	ns := eventstoretest.MustServer(t)
+	natsURL, credentials := startSetUpNATS(t)
 	dir := t.TempDir()
-	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: ns.ClientURL(), org: "acme", stream: "TOKENS", replicas: 1}
+	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: natsURL, natsCredentials: credentials, org: "acme", stream: "TOKENS", replicas: 1}
 	var logs bytes.Buffer
 	start := func(o serveOptions) (*node, *httpapi.Client) {
 		t.Helper()

@@ -12,7 +12,7 @@ func TestServeNATSSyncUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve", "--nats-sync", "sometimes"}, `--nats-sync: "sometimes" is neither "always" nor a positive duration`},
-		{[]string{"serve", "--nats-sync", "always", "--nats-url", "nats://127.0.0.1:1"}, "sync_interval"},
+		{[]string{"serve", "--nats-sync", "always", "--nats-url", "nats://127.0.0.1:1", "--nats-credentials", "nats-credentials.json"}, "sync_interval"},
 	} {
 		code, _, errOut := c.run("", tc.args...)
 		if code != exitUsage || !strings.Contains(errOut, tc.want) {
