@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +19,9 @@ import (
 	composecli "github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // repoRoot is where docker-compose.yml and the Dockerfile are, seen from this
@@ -28,14 +33,34 @@ var natsServices = []string{"n1", "n2", "n3"}
 
 // CI has no Docker engine: this test reads docker-compose.yml with the
 // compose-spec loader (which checks it against the compose schema, as
-// `docker compose config` does), reads each NATS server's command line and
-// configuration file with nats-server's own parser, and the ledger's with
-// `ledger serve`'s flags, and checks that they make the production shape.
+// `docker compose config` does), runs the file's `ledger nats setup` for
+// real into a temporary directory standing for its volume, lays each NATS
+// server's files out as its mounts would (the configuration from the
+// repository, the setup's output beside it) and reads its effective
+// configuration with nats-server's own parser (the command line and the
+// configuration file with its includes), reads the ledger's command line
+// with `ledger serve`'s flags, and checks that they make the production
+// shape, locked down.
 func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) {
 	project := loadCompose(t)
+	fs := &composeFS{t: t, volumes: map[string]string{}}
+
+	// The setup: run once before anything else, from the ledger's image,
+	// into a named volume.
+	setup, creds := runComposeSetup(t, project, fs)
+	for _, name := range append(slices.Clone(natsServices), "ledger") {
+		if dep, ok := project.Services[name].DependsOn[setup.name]; !ok || dep.Condition != types.ServiceConditionCompletedSuccessfully {
+			t.Errorf("%s: depends_on %s = %+v, want condition %s: it needs the files the setup writes", name, setup.name, dep, types.ServiceConditionCompletedSuccessfully)
+		}
+	}
+	// Nothing is published beyond this host.
+	for _, svc := range project.Services {
+		checkPublishedOnLoopback(t, svc)
+	}
+	verified := &bcryptChecks{t: t, done: map[[2]string]bool{}}
 
 	// The NATS servers: one cluster, every server routing to all three,
-	// JetStream on a volume of its own.
+	// JetStream on a volume of its own, and nobody in without credentials.
 	clientPorts := map[string]int{}
 	var clusterName string
 	storeVolumes := map[string]string{}
@@ -44,7 +69,7 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 		if !ok {
 			t.Fatalf("no service %s", name)
 		}
-		opts := natsOptions(t, svc)
+		opts := natsOptions(t, svc, fs)
 		if opts.ServerName != name {
 			t.Errorf("%s: server name %q; JetStream needs a stable name per server, its service's", name, opts.ServerName)
 		}
@@ -67,6 +92,10 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 		var routes []string
 		for _, r := range opts.Routes {
 			routes = append(routes, r.Host)
+			// Never print r itself: it holds the route password.
+			if pw, _ := r.User.Password(); r.User.Username() != natsaccess.RouteUser || pw != creds.RoutePassword {
+				t.Errorf("%s: the route to %s does not log in as %s with the route password of %s", name, r.Host, natsaccess.RouteUser, natsCredentialsFile)
+			}
 		}
 		slices.Sort(routes)
 		var want []string
@@ -76,12 +105,18 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 		if !slices.Equal(routes, want) {
 			t.Errorf("%s: routes %v, want %v: JetStream sizes its cluster from the routes", name, routes, want)
 		}
+		checkLockedDown(t, name, opts, creds, verified)
+		for _, p := range svc.Ports {
+			if int(p.Target) != opts.Port {
+				t.Errorf("%s: port %d published; only the client port %d may be (routes need no outsider, monitoring has no credentials)", name, p.Target, opts.Port)
+			}
+		}
 		checkHealthcheck(t, svc, fmt.Sprintf("http://127.0.0.1:%d/healthz", opts.HTTPPort))
 		clientPorts[name] = opts.Port
 	}
 
-	// The ledger: on all three servers, the stream replicated on all three,
-	// started once they are healthy.
+	// The ledger: on all three servers with the setup's credentials, the
+	// stream replicated on all three, started once they are healthy.
 	ledger, ok := project.Services["ledger"]
 	if !ok {
 		t.Fatal("no service ledger")
@@ -107,6 +142,25 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 	if !slices.Equal(urls, wantURLs) {
 		t.Errorf("ledger: --nats-url %v, want every server: %v", urls, wantURLs)
 	}
+	switch credPath := flags.Lookup("nats-credentials").Value.String(); {
+	case credPath == "":
+		t.Errorf("ledger: no --nats-credentials: `ledger serve --nats-url` refuses to start without the setup's %s", natsCredentialsFile)
+	default:
+		host, ok := fs.hostPath(ledger, credPath)
+		if !ok {
+			t.Errorf("ledger: --nats-credentials %s is on none of its volumes", credPath)
+			break
+		}
+		got, err := natsaccess.LoadCredentials(host)
+		if err != nil {
+			t.Errorf("ledger: --nats-credentials %s: %v", credPath, err)
+		} else if got != creds {
+			t.Errorf("ledger: --nats-credentials %s is not the file %s wrote", credPath, setup.name)
+		}
+	}
+	if s := flags.Lookup("stream").Value.String(); s != setup.stream {
+		t.Errorf("ledger: --stream %s, but %s configured the servers' accounts for stream %s", s, setup.name, setup.stream)
+	}
 	if r := flags.Lookup("replicas").Value.String(); r != strconv.Itoa(len(natsServices)) {
 		t.Errorf("ledger: --replicas %s, want %d: one replica on each server", r, len(natsServices))
 	}
@@ -128,23 +182,168 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 	}
 }
 
-// The image compose builds is the ledger's binary, run as a non-root user.
-func TestDockerfileBuildsTheLedgerAndRunsItAsNonRoot(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+// composeSetup is the compose service that runs `ledger nats setup`.
+type composeSetup struct {
+	name   string
+	stream string
+}
+
+// runComposeSetup finds the service that runs `ledger nats setup`, checks
+// it is the ledger's image writing into a named volume the image lets it
+// write, runs its command line for real with the volume's temporary
+// directory for DIR, and returns the credentials it made.
+func runComposeSetup(t *testing.T, project *types.Project, fs *composeFS) (composeSetup, natsaccess.Credentials) {
+	t.Helper()
+	var found []string
+	for name, svc := range project.Services {
+		if c := []string(svc.Command); len(c) >= 2 && c[0] == "nats" && c[1] == "setup" {
+			found = append(found, name)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("services running `ledger nats setup`: %v, want one: the servers need its files before they start", found)
+	}
+	svc := project.Services[found[0]]
+	ledger := project.Services["ledger"]
+	if svc.Build == nil || ledger.Build == nil || svc.Build.Context != ledger.Build.Context || svc.Build.Dockerfile != ledger.Build.Dockerfile || svc.Image != ledger.Image {
+		t.Errorf("%s: build %+v image %q, want the ledger's (%+v, %q)", svc.Name, svc.Build, svc.Image, ledger.Build, ledger.Image)
+	}
+	if svc.Entrypoint != nil {
+		t.Errorf("%s: entrypoint %q, want the image's (ledger)", svc.Name, svc.Entrypoint)
+	}
+	if svc.Restart != "" && svc.Restart != types.RestartPolicyNo {
+		t.Errorf("%s: restart %q: it runs once, and the others wait for it to complete", svc.Name, svc.Restart)
+	}
+	args := slices.Clone([]string(svc.Command))
+	cmd := newNATSSetupCmd(io.Discard, new(bool))
+	if err := cmd.ParseFlags(args[2:]); err != nil || len(cmd.Flags().Args()) != 1 {
+		t.Fatalf("%s: command %q: %v, want nats setup DIR [flags]", svc.Name, args, err)
+	}
+	dir := cmd.Flags().Args()[0]
+	vol := volumeContaining(svc, dir)
+	if vol == nil || vol.Type != types.VolumeTypeVolume {
+		t.Fatalf("%s: DIR %s is not on a named volume: nothing it writes would reach the servers and the ledger", svc.Name, dir)
+	}
+	checkImageOwns(t, svc.Name, vol.Target)
+	host, _ := fs.hostPath(svc, dir)
+	i := slices.Index(args, dir)
+	args[i] = host
+	if code, out, errOut := (cli{t: t}).run("", args...); code != 0 {
+		t.Fatalf("%s: ledger %q: exit %d: %s%s", svc.Name, args, code, out, errOut)
+	}
+	creds, err := natsaccess.LoadCredentials(filepath.Join(host, natsCredentialsFile))
+	if err != nil {
+		t.Fatalf("%s: %v", svc.Name, err)
+	}
+	return composeSetup{name: svc.Name, stream: cmd.Flags().Lookup("stream").Value.String()}, creds
+}
+
+// checkLockedDown: a server's effective configuration lets nobody in
+// without credentials. The ledger's two users log in with the passwords of
+// the setup's credentials (stored as bcrypt hashes), every other client is
+// sent to the ledger's auth callout, routes log in as the route user, and
+// there is no anonymous way in: no no_auth_user, no user without a
+// password, no single user or token of the server's own.
+func checkLockedDown(t *testing.T, name string, opts *server.Options, creds natsaccess.Credentials, verified *bcryptChecks) {
+	t.Helper()
+	var accounts []string
+	for _, a := range opts.Accounts {
+		accounts = append(accounts, a.Name)
+	}
+	for _, want := range []string{natsaccess.LedgerAccount, natsaccess.ServicesAccount, natsaccess.SystemAccount} {
+		if !slices.Contains(accounts, want) {
+			t.Errorf("%s: no account %s (accounts %v): it does not include %s", name, want, accounts, natsAccountsFile)
+		}
+	}
+	if opts.SystemAccount != natsaccess.SystemAccount {
+		t.Errorf("%s: system account %q, want %s", name, opts.SystemAccount, natsaccess.SystemAccount)
+	}
+	if opts.NoAuthUser != "" {
+		t.Errorf("%s: no_auth_user %q: clients without credentials get in as that user", name, opts.NoAuthUser)
+	}
+	if opts.Username != "" || opts.Password != "" || opts.Authorization != "" || len(opts.Nkeys) > 0 {
+		t.Errorf("%s: credentials besides the ledger's users (a single user, a token or nkeys): they would bypass the callout", name)
+	}
+	passwords := map[string]struct{ account, password string }{
+		natsaccess.LedgerUser: {natsaccess.LedgerAccount, creds.LedgerPassword},
+		natsaccess.SystemUser: {natsaccess.SystemAccount, creds.SystemPassword},
+	}
+	var users []string
+	for _, u := range opts.Users {
+		users = append(users, u.Username)
+		want, ok := passwords[u.Username]
+		switch {
+		case !ok:
+			t.Errorf("%s: user %q: only the ledger's users log in with a password, others through the callout", name, u.Username)
+		case u.Account == nil || u.Account.Name != want.account:
+			t.Errorf("%s: user %s is not in account %s", name, u.Username, want.account)
+		default:
+			verified.check(fmt.Sprintf("%s: user %s", name, u.Username), u.Password, want.password)
+		}
+	}
+	slices.Sort(users)
+	if want := []string{natsaccess.LedgerUser, natsaccess.SystemUser}; !slices.Equal(users, want) {
+		t.Errorf("%s: users %v, want %v", name, users, want)
+	}
+	issuer, err := creds.Issuer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stages [][]string // each stage's instructions, FROM first
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		switch {
-		case line == "" || strings.HasPrefix(line, "#"):
-		case strings.HasPrefix(strings.ToUpper(line), "FROM "):
-			stages = append(stages, []string{line})
-		case len(stages) > 0:
-			stages[len(stages)-1] = append(stages[len(stages)-1], line)
+	pub, _ := issuer.PublicKey()
+	switch c := opts.AuthCallout; {
+	case c == nil:
+		t.Errorf("%s: no auth_callout: services cannot log in with their tokens, and the servers would be open without the accounts", name)
+	case c.Issuer != pub || c.Account != natsaccess.LedgerAccount:
+		t.Errorf("%s: auth_callout issuer %s in account %s, want the setup's issuer %s in %s", name, c.Issuer, c.Account, pub, natsaccess.LedgerAccount)
+	case !slices.Equal(slices.Sorted(slices.Values(c.AuthUsers)), []string{natsaccess.LedgerUser, natsaccess.SystemUser}):
+		t.Errorf("%s: auth_callout auth_users %v: every user but the ledger's must go through the callout", name, c.AuthUsers)
+	case len(c.AllowedAccounts) > 0:
+		t.Errorf("%s: auth_callout allowed_accounts %v: the callout must cover every account", name, c.AllowedAccounts)
+	}
+	if opts.Cluster.Username != natsaccess.RouteUser {
+		t.Errorf("%s: cluster authorization user %q, want %s: without it any server that reaches port %d joins the cluster (include %s in cluster { })", name, opts.Cluster.Username, natsaccess.RouteUser, opts.Cluster.Port, natsRoutesFile)
+	} else {
+		verified.check(name+": cluster authorization", opts.Cluster.Password, creds.RoutePassword)
+	}
+}
+
+// bcryptChecks checks configured passwords against the secrets, each hash
+// once (the servers share one file).
+type bcryptChecks struct {
+	t    *testing.T
+	done map[[2]string]bool
+}
+
+func (b *bcryptChecks) check(what, hash, password string) {
+	b.t.Helper()
+	if !strings.HasPrefix(hash, "$2") {
+		b.t.Errorf("%s: the password is not a bcrypt hash: the configuration must not hold the secret", what)
+		return
+	}
+	key := [2]string{hash, password}
+	if _, ok := b.done[key]; !ok {
+		b.done[key] = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+	}
+	if !b.done[key] {
+		b.t.Errorf("%s: the hash is not that of the password in %s", what, natsCredentialsFile)
+	}
+}
+
+// checkPublishedOnLoopback: a service publishes ports on 127.0.0.1 (or
+// ::1) only. An empty host_ip is every address of the host.
+func checkPublishedOnLoopback(t *testing.T, svc types.ServiceConfig) {
+	t.Helper()
+	for _, p := range svc.Ports {
+		if ip := net.ParseIP(p.HostIP); ip == nil || !ip.IsLoopback() {
+			t.Errorf("%s: port %d published on %q, want 127.0.0.1: only this host's clients may reach it", svc.Name, p.Target, cmp.Or(p.HostIP, "every address"))
 		}
 	}
+}
+
+// The image compose builds is the ledger's binary, run as a non-root user;
+// run alone, it keeps its embedded NATS server on the container's loopback.
+func TestDockerfileBuildsTheLedgerAndRunsItAsNonRoot(t *testing.T) {
+	stages := dockerfileStages(t)
 	if len(stages) < 2 {
 		t.Fatalf("Dockerfile has %d stages, want a build stage and a runtime stage", len(stages))
 	}
@@ -161,7 +360,7 @@ func TestDockerfileBuildsTheLedgerAndRunsItAsNonRoot(t *testing.T) {
 		t.Fatal("no build stage runs `go build ... -o BINARY ./cmd/ledger`")
 	}
 	runtime := stages[len(stages)-1]
-	var copied, user, entry string
+	var copied, user, entry, command string
 	for _, l := range runtime {
 		switch f := strings.Fields(l); strings.ToUpper(f[0]) {
 		case "COPY":
@@ -172,6 +371,8 @@ func TestDockerfileBuildsTheLedgerAndRunsItAsNonRoot(t *testing.T) {
 			user = f[1]
 		case "ENTRYPOINT":
 			entry = l
+		case "CMD":
+			command = strings.TrimSpace(l[len(f[0]):])
 		}
 	}
 	if copied == "" {
@@ -182,6 +383,105 @@ func TestDockerfileBuildsTheLedgerAndRunsItAsNonRoot(t *testing.T) {
 	}
 	if !strings.Contains(entry, `"`+filepath.Base(copied)+`"`) && !strings.Contains(entry, `"`+copied+`"`) {
 		t.Errorf("ENTRYPOINT %q does not run the ledger (%s)", entry, copied)
+	}
+
+	// CMD: serve, its embedded NATS server on loopback (publishing it is a
+	// choice made on purpose, with --nats-listen).
+	var args []string
+	if err := json.Unmarshal([]byte(command), &args); err != nil || len(args) == 0 || args[0] != "serve" {
+		t.Fatalf("CMD %q, want the exec form [\"serve\", ...]", command)
+	}
+	serve := newServeCmd(io.Discard, io.Discard, new(bool))
+	if err := serve.ParseFlags(args[1:]); err != nil {
+		t.Fatalf("CMD %q: %v", command, err)
+	}
+	if listen := serve.Flags().Lookup("nats-listen").Value.String(); !loopbackAddr(listen) {
+		t.Errorf("CMD: --nats-listen %s, want 127.0.0.1:PORT: anyone reaching the container would reach NATS", listen)
+	}
+	if u := serve.Flags().Lookup("nats-url").Value.String(); u != "" {
+		t.Errorf("CMD: --nats-url %s, want the embedded server", u)
+	}
+}
+
+// loopbackAddr: host:port with a loopback host.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+// dockerfileStages is the Dockerfile's instructions, stage by stage, FROM
+// first, without comments.
+func dockerfileStages(t *testing.T) [][]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stages [][]string
+	var cont string // a line continued with a backslash
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if l, ok := strings.CutSuffix(line, "\\"); ok {
+			cont += l + " "
+			continue
+		}
+		line, cont = cont+line, ""
+		switch {
+		case strings.HasPrefix(strings.ToUpper(line), "FROM "):
+			stages = append(stages, []string{line})
+		case len(stages) > 0:
+			stages[len(stages)-1] = append(stages[len(stages)-1], line)
+		}
+	}
+	return stages
+}
+
+// checkImageOwns: the image's runtime stage makes dir and gives it to its
+// user. A named volume mounted there starts as a copy of it; were it
+// missing, Docker would make it root's, and the ledger, run as its
+// unprivileged user, could not write in it.
+func checkImageOwns(t *testing.T, svc, dir string) {
+	t.Helper()
+	stages := dockerfileStages(t)
+	if len(stages) == 0 {
+		t.Fatal("Dockerfile has no stage")
+	}
+	var user, owner string
+	made := false
+	for _, l := range stages[len(stages)-1] {
+		f := strings.Fields(l)
+		switch strings.ToUpper(f[0]) {
+		case "USER":
+			user, _, _ = strings.Cut(f[1], ":")
+		case "RUN":
+			for _, cmd := range strings.Split(l[len(f[0]):], "&&") {
+				words := strings.Fields(cmd)
+				if len(words) < 2 || !slices.Contains(words, filepath.Clean(dir)) {
+					continue
+				}
+				switch words[0] {
+				case "mkdir":
+					made = true
+				case "chown":
+					for _, w := range words[1:] {
+						if !strings.HasPrefix(w, "-") {
+							owner, _, _ = strings.Cut(w, ":")
+							break
+						}
+					}
+				}
+			}
+		}
+	}
+	if !made || owner == "" || owner != user || user == "root" {
+		t.Errorf("%s writes into %s as the image's user %q: the Dockerfile's runtime stage must mkdir it and chown it to that user (mkdir: %v, chown to %q)", svc, dir, user, made, owner)
 	}
 }
 
@@ -209,28 +509,106 @@ func loadCompose(t *testing.T) *types.Project {
 	return project
 }
 
+// composeFS stands in for the files compose gives its containers: each
+// named volume is a temporary directory shared by the services that mount
+// it, and bind mounts come from the repository.
+type composeFS struct {
+	t       *testing.T
+	volumes map[string]string // named volume -> its directory
+}
+
+func (fs *composeFS) volume(name string) string {
+	if dir, ok := fs.volumes[name]; ok {
+		return dir
+	}
+	dir := fs.t.TempDir()
+	fs.volumes[name] = dir
+	return dir
+}
+
+// hostPath is where path, inside svc's container, is here: under the
+// mount that holds it.
+func (fs *composeFS) hostPath(svc types.ServiceConfig, path string) (string, bool) {
+	v := volumeContaining(svc, path)
+	if v == nil {
+		return "", false
+	}
+	rel, _ := filepath.Rel(filepath.Clean(v.Target), filepath.Clean(path))
+	switch v.Type {
+	case types.VolumeTypeVolume:
+		return filepath.Join(fs.volume(v.Source), rel), true
+	case types.VolumeTypeBind:
+		return filepath.Join(v.Source, rel), true
+	}
+	return "", false
+}
+
+// root lays out svc's mounts under a temporary directory, each at its
+// target (a file bound is copied, a directory or volume linked), so that
+// what a program in the container finds relative to a path is found here
+// relative to root+path: nats-server's includes, for one.
+func (fs *composeFS) root(svc types.ServiceConfig) string {
+	fs.t.Helper()
+	root := fs.t.TempDir()
+	mounts := slices.Clone(svc.Volumes)
+	slices.SortFunc(mounts, func(a, b types.ServiceVolumeConfig) int { return cmp.Compare(a.Target, b.Target) })
+	for i, v := range mounts {
+		for _, outer := range mounts[:i] {
+			if strings.HasPrefix(filepath.Clean(v.Target), filepath.Clean(outer.Target)+"/") {
+				fs.t.Fatalf("%s: %s is mounted inside %s: this test does not lay out nested mounts", svc.Name, v.Target, outer.Target)
+			}
+		}
+		dst := filepath.Join(root, v.Target)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			fs.t.Fatal(err)
+		}
+		src, _ := fs.hostPath(svc, v.Target)
+		info, err := os.Stat(src)
+		switch {
+		case err != nil:
+			fs.t.Fatalf("%s: mount %s: %v", svc.Name, v.Target, err)
+		case info.Mode().IsRegular():
+			b, err := os.ReadFile(src)
+			if err == nil {
+				err = os.WriteFile(dst, b, 0o600)
+			}
+			if err != nil {
+				fs.t.Fatal(err)
+			}
+		default:
+			if err := os.Symlink(src, dst); err != nil {
+				fs.t.Fatal(err)
+			}
+		}
+	}
+	return root
+}
+
 // natsOptions is what a NATS service's server runs with: its command line,
-// and the configuration file it names, read from the file bound there.
-func natsOptions(t *testing.T, svc types.ServiceConfig) *server.Options {
+// and the configuration file it names with its includes, laid out as the
+// service's mounts lay them out, read by nats-server's own parser
+// (ConfigureOptions: ProcessConfigFile, then the flags over it).
+func natsOptions(t *testing.T, svc types.ServiceConfig, fs *composeFS) *server.Options {
 	t.Helper()
 	args := slices.Clone([]string(svc.Command))
 	if len(args) > 0 && args[0] == "nats-server" {
 		args = args[1:]
 	}
+	root := fs.root(svc)
 	for i, a := range args {
 		if (a == "-c" || a == "--config" || a == "-config") && i+1 < len(args) {
 			vol := volumeAt(svc, args[i+1])
 			if vol == nil || vol.Type != types.VolumeTypeBind {
 				t.Fatalf("%s: its configuration %s is not bound from the repository", svc.Name, args[i+1])
 			}
-			args[i+1] = vol.Source
+			args[i+1] = filepath.Join(root, args[i+1])
 		}
 	}
-	fs := flag.NewFlagSet(svc.Name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	opts, err := server.ConfigureOptions(fs, args, func() {}, func() {}, func() {})
+	flags := flag.NewFlagSet(svc.Name, flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	opts, err := server.ConfigureOptions(flags, args, func() {}, func() {}, func() {})
 	if err != nil {
-		t.Fatalf("%s: nats-server %q: %v", svc.Name, args, err)
+		t.Fatalf("%s: nats-server %q: %v", svc.Name, svc.Command, err)
 	}
 	return opts
 }
@@ -243,6 +621,20 @@ func volumeAt(svc types.ServiceConfig, target string) *types.ServiceVolumeConfig
 		}
 	}
 	return nil
+}
+
+// volumeContaining is the service's volume that holds path: mounted at it
+// or at a directory above it (the deepest, as in a container).
+func volumeContaining(svc types.ServiceConfig, path string) *types.ServiceVolumeConfig {
+	var found *types.ServiceVolumeConfig
+	path = filepath.Clean(path)
+	for i, v := range svc.Volumes {
+		target := filepath.Clean(v.Target)
+		if (path == target || strings.HasPrefix(path, target+"/")) && (found == nil || len(target) > len(filepath.Clean(found.Target))) {
+			found = &svc.Volumes[i]
+		}
+	}
+	return found
 }
 
 // checkHealthcheck: the service has a health check that fetches url.
