@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // TestLosingTheStreamLeaderLosesNoAcknowledgedCommand runs `ledger serve` as
@@ -47,6 +49,11 @@ import (
 //
 // Each time, every command the ledger acknowledged is in the stream and in
 // its view afterwards, and the view agrees with the stream token by token.
+//
+// The servers are locked down as docker-compose.yml's are: docker/nats.conf
+// with the files of `ledger nats setup --routes` beside it. The ledger logs
+// in with the setup's credentials (--nats-credentials), routes with the
+// route password, and a client or a route without credentials is refused.
 func TestLosingTheStreamLeaderLosesNoAcknowledgedCommand(t *testing.T) {
 	// The nats-server of go.mod, the one the ledger embeds: the cluster's
 	// servers run as processes of their own, so that the test can kill or
@@ -71,7 +78,8 @@ func TestLosingTheStreamLeaderLosesNoAcknowledgedCommand(t *testing.T) {
 }
 
 func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, within time.Duration) {
-	nodes := startNATSCluster(t, bin, 3)
+	cluster := startNATSCluster(t, bin, 3)
+	nodes := cluster.nodes
 	var urls []string
 	for _, n := range nodes {
 		urls = append(urls, n.clientURL)
@@ -79,7 +87,8 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 	dir := t.TempDir()
 	logs := &syncBuffer{}
 	n, err := startLedger(context.Background(), serveOptions{
-		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: strings.Join(urls, ","), org: "acme", stream: "TOKENS", replicas: 3,
+		dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: strings.Join(urls, ","), natsCredentials: cluster.credentials,
+		org: "acme", stream: "TOKENS", replicas: 3,
 	}, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +106,19 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 	base := "http://" + n.httpAddr
 	client := httpapi.NewClient(base, strings.TrimSpace(string(secret)))
 
-	// The test's own view of the stream, through all three servers.
+	// Nobody gets in without credentials: the ledger's callout refuses a
+	// client that brings none.
+	if anon, err := nats.Connect(strings.Join(urls, ","), nats.Name("anonymous"), nats.NoReconnect(), nats.Timeout(5*time.Second)); err == nil {
+		anon.Close()
+		t.Fatal("a client without credentials connected to the cluster")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("a client without credentials: %v, want an authorization violation", err)
+	}
+
+	// The test's own view of the stream, through all three servers, as the
+	// ledger's user: the stream is in its account.
 	nc, err := nats.Connect(strings.Join(urls, ","), nats.Name("observer"), nats.MaxReconnects(-1),
+		nats.UserInfo(natsaccess.LedgerUser, cluster.creds.LedgerPassword),
 		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
 	if err != nil {
 		t.Fatal(err)
@@ -269,53 +289,83 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 type natsNode struct {
 	name       string
 	clientURL  string
+	clusterURL string
 	monitorURL string
 	cmd        *exec.Cmd
 	logs       *syncBuffer
 	done       chan struct{} // closed when the process has exited
 }
 
-// startNATSCluster starts size JetStream servers clustered on loopback, each
-// from docker/nats.conf with its name (n1, n2, ...), addresses and routes
-// given on its command line and a store directory of its own, and returns
-// once each is current with a JetStream meta leader: the health check
-// docker-compose.yml waits for.
-func startNATSCluster(t *testing.T, bin string, size int) []*natsNode {
+// natsCluster is a running test cluster and the ledger's credentials for
+// it.
+type natsCluster struct {
+	nodes []*natsNode
+	// credentials is the file `ledger nats setup` wrote, for
+	// --nats-credentials; creds is what it holds.
+	credentials string
+	creds       natsaccess.Credentials
+}
+
+// startNATSCluster starts size JetStream servers clustered on loopback, as
+// docker-compose.yml does: `ledger nats setup --routes` writes the
+// credentials, the accounts and the routes with their password into one
+// directory, and each server runs docker/nats.conf, which includes them from
+// beside it (auth/), with its name (n1, n2, ...), client and monitoring
+// addresses on its command line, its cluster address and a store directory
+// of its own in its copy of the file. It returns once each server is
+// current with a JetStream meta leader (the health check docker-compose.yml
+// waits for), which takes routes that authenticated, and after checking
+// that a route without the password is refused.
+func startNATSCluster(t *testing.T, bin string, size int) *natsCluster {
 	t.Helper()
 	conf, err := os.ReadFile(filepath.Join(repoRoot, "docker", "nats.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// nats-server refuses a --store_dir flag beside the file's store_dir.
-	const storeDir = "store_dir: /data"
-	if !strings.Contains(string(conf), storeDir) {
-		t.Fatalf("docker/nats.conf has no %q", storeDir)
+	// nats-server refuses a --store_dir flag beside the file's store_dir,
+	// and its --cluster flag would drop the file's route authorization: the
+	// copy says both.
+	const storeDir, clusterPort = "store_dir: /data", "port: 6222"
+	for _, want := range []string{storeDir, clusterPort} {
+		if n := strings.Count(string(conf), want); n != 1 {
+			t.Fatalf("docker/nats.conf has %q %d times, want once", want, n)
+		}
 	}
 	clusterName := "ledger-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	var routes []string
-	for range size {
-		routes = append(routes, "nats-route://"+freeAddr(t))
-	}
 	nodes := make([]*natsNode, size)
+	var routes []string
 	for i := range nodes {
+		cluster := freeAddr(t)
+		nodes[i] = &natsNode{name: fmt.Sprintf("n%d", i+1), clusterURL: "nats-route://" + cluster}
+		routes = append(routes, nodes[i].clusterURL)
+	}
+	auth := t.TempDir()
+	if code, out, errOut := (cli{t: t}).run("", "nats", "setup", auth, "--routes", strings.Join(routes, ",")); code != 0 {
+		t.Fatalf("ledger nats setup: exit %d: %s%s", code, out, errOut)
+	}
+	c := &natsCluster{nodes: nodes, credentials: filepath.Join(auth, natsCredentialsFile)}
+	if c.creds, err = natsaccess.LoadCredentials(c.credentials); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
 		client, monitor := freeAddr(t), freeAddr(t)
 		_, clientPort, _ := net.SplitHostPort(client)
 		_, monitorPort, _ := net.SplitHostPort(monitor)
-		n := &natsNode{
-			name:       fmt.Sprintf("n%d", i+1),
-			clientURL:  "nats://" + client,
-			monitorURL: "http://" + monitor,
-			logs:       &syncBuffer{},
-			done:       make(chan struct{}),
-		}
+		n.clientURL, n.monitorURL = "nats://"+client, "http://"+monitor
+		n.logs, n.done = &syncBuffer{}, make(chan struct{})
 		dir := t.TempDir()
+		// The setup's directory beside the configuration, as the nats-auth
+		// volume is in docker-compose.yml.
+		if err := os.Symlink(auth, filepath.Join(dir, "auth")); err != nil {
+			t.Fatal(err)
+		}
 		confPath := filepath.Join(dir, "nats.conf")
 		own := strings.Replace(string(conf), storeDir, fmt.Sprintf("store_dir: %q", filepath.Join(dir, "jetstream")), 1)
+		own = strings.Replace(own, clusterPort, fmt.Sprintf("listen: %q", strings.TrimPrefix(n.clusterURL, "nats-route://")), 1)
 		if err := os.WriteFile(confPath, []byte(own), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		n.cmd = exec.Command(bin, "--config", confPath, "--name", n.name, "--addr", "127.0.0.1", "--port", clientPort, "--http_port", monitorPort,
-			"--cluster", strings.Replace(routes[i], "nats-route", "nats", 1), "--routes", strings.Join(routes, ","),
 			// A name of its own: should another test's server take one of
 			// these ports meanwhile, the clusters refuse each other's routes.
 			"--cluster_name", clusterName)
@@ -328,16 +378,15 @@ func startNATSCluster(t *testing.T, bin string, size int) []*natsNode {
 			_ = n.cmd.Process.Kill() // also ends a frozen one
 			<-n.done
 			if t.Failed() {
-				t.Logf("%s, last lines:\n%s", n.name, lastLines(n.logs.String(), 30))
+				t.Logf("%s, last lines:\n%s", n.name, c.scrub(lastLines(n.logs.String(), 30)))
 			}
 		})
-		nodes[i] = n
 	}
 	for _, n := range nodes {
 		waitUntil(t, 30*time.Second, n.name+" current with a JetStream meta leader", func() (bool, string) {
 			select {
 			case <-n.done:
-				t.Fatalf("%s exited: %s", n.name, lastLines(n.logs.String(), 10))
+				t.Fatalf("%s exited: %s", n.name, c.scrub(lastLines(n.logs.String(), 10)))
 			default:
 			}
 			resp, err := http.Get(n.monitorURL + "/healthz?js-meta-only=true")
@@ -349,7 +398,53 @@ func startNATSCluster(t *testing.T, bin string, size int) []*natsNode {
 			return resp.StatusCode == http.StatusOK, string(b)
 		})
 	}
-	return nodes
+	for _, login := range []struct{ what, user, password string }{
+		{"no credentials", "", ""},
+		{"a wrong password", natsaccess.RouteUser, "not-" + c.creds.RoutePassword},
+	} {
+		if answer := routeConnect(t, nodes[0].clusterURL, clusterName, login.user, login.password); !strings.Contains(answer, "Authorization Violation") {
+			t.Fatalf("%s: a route with %s was answered %q, want an authorization violation", nodes[0].name, login.what, c.scrub(answer))
+		}
+	}
+	return c
+}
+
+// scrub hides the route password in a server's log (nats-server redacts
+// it; this is in case).
+func (c *natsCluster) scrub(log string) string {
+	return strings.ReplaceAll(log, c.creds.RoutePassword, "[route password]")
+}
+
+// routeConnect opens a route to a server's cluster port as another server
+// of cluster would, logging in as user, and returns the server's first
+// answer after the CONNECT and a PING.
+func routeConnect(t *testing.T, clusterURL, cluster, user, password string) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(clusterURL, "nats-route://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	if info, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(info, "INFO ") {
+		t.Fatalf("route port %s: %q, %v; want INFO", clusterURL, info, err)
+	}
+	connect, _ := json.Marshal(map[string]any{"user": user, "pass": password, "name": "stranger", "cluster": cluster, "verbose": false, "pedantic": false})
+	if _, err := fmt.Fprintf(conn, "CONNECT %s\r\nPING\r\n", connect); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return "(closed: " + err.Error() + ")"
+		}
+		if !strings.HasPrefix(line, "INFO ") {
+			return strings.TrimSpace(line)
+		}
+	}
 }
 
 // lastLines is the end of a log.
