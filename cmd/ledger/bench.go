@@ -313,7 +313,7 @@ const benchBaselines = `baselines (same run, same embedded server, alternating w
   verify          in-process: SHA-256 of the secret and a Go map lookup, one goroutine;
                   HTTP: a bare net/http handler decoding the same request, fixed answer
   rebuild, export raw ordered-consumer replay of the same stream, nothing decoded
-  notify          raw publish to a raw durable consumer of the service user
+  notify          raw publish to a raw durable consumer on the ledger's own connection (no mirror hop)
 ratio = ledger / baseline: for rates higher is better, for ms and MiB lower is.
 `
 
