@@ -20,8 +20,12 @@ func (l *Ledger) AuthenticateService(secret string) (*domain.Token, error) {
 	return v.Token(), nil
 }
 
-// Current is a token as the view has it now, deleted or not.
+// Current is a token as the view has it now, deleted or not; not found if
+// the view does not trust it (quarantined), so its connections are cut.
 func (l *Ledger) Current(org, id string) (*domain.Token, bool) {
 	t, _, ok := l.view.Get(org, id)
-	return t, ok
+	if !ok || l.view.Quarantined(org, id) {
+		return nil, false
+	}
+	return t, true
 }

@@ -315,14 +315,15 @@ func TestATokenHasItsOwnConsumerNamesOnly(t *testing.T) {
 }
 
 // TestRotatingOrDeletingATokenCutsItsConnections measures how long a live
-// connection outlives its token's rotation and deletion (at most 5 s).
+// connection outlives its token's rotation, deletion or quarantine (at most
+// 5 s).
 func TestRotatingOrDeletingATokenCutsItsConnections(t *testing.T) {
 	eachShape(t, rotatingOrDeletingATokenCutsItsConnections)
 }
 
 func rotatingOrDeletingATokenCutsItsConnections(t *testing.T, shape natsaccesstest.Options) {
 	l := natsaccesstest.Start(t, shape)
-	for _, how := range []string{"rotate", "delete"} {
+	for _, how := range []string{"rotate", "delete", "quarantine"} {
 		tok, secret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc-" + how, Role: string(domain.RoleOrganizationMember)})
 		closed := make(chan time.Time, 1)
 		nc, err := nats.Connect(l.URL, append(natsaccess.Options(secret), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
@@ -347,8 +348,16 @@ func rotatingOrDeletingATokenCutsItsConnections(t *testing.T, shape natsaccesste
 				t.Fatal(err)
 			}
 			newSecret = res.Secret.Reveal()
-		} else if _, err := l.App.DeleteToken(ctx(t), l.Owner, tok.ID(), ""); err != nil {
-			t.Fatal(err)
+		} else if how == "delete" {
+			if _, err := l.App.DeleteToken(ctx(t), l.Owner, tok.ID(), ""); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			// A message the view cannot apply, written past the ledger,
+			// quarantines the token: it is trusted nowhere, NATS included.
+			if _, err := l.LedgerJS.Publish(ctx(t), "ledger.tokens."+natsaccesstest.Org+"."+tok.ID()+".TokenUpdated", []byte("not an event")); err != nil {
+				t.Fatal(err)
+			}
 		}
 		select {
 		case cut := <-closed:

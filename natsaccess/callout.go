@@ -19,7 +19,8 @@ type Tokens interface {
 	// Authenticate returns the token whose current secret this is, if the
 	// token is active now.
 	AuthenticateService(secret string) (*domain.Token, error)
-	// Current returns a token as the ledger's view has it now.
+	// Current returns a token as the ledger's view has it now; not found
+	// when the view does not trust it (quarantined).
 	Current(org, id string) (*domain.Token, bool)
 	// Now is the ledger's clock.
 	Now() time.Time

@@ -342,6 +342,14 @@ func (v *Tokens) Get(org, id string) (*domain.Token, uint64, bool) {
 	return ent.copyToken(), ent.lastSeq, true
 }
 
+// Quarantined reports whether a token of org is quarantined (see Refuse).
+func (v *Tokens) Quarantined(org, id string) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	ent := v.byKey[tokenKey{org, id}]
+	return ent != nil && ent.quarantined
+}
+
 // Listed is a token with the stream sequence of its last event, and whether
 // it is quarantined (see Refuse).
 type Listed struct {
