@@ -278,6 +278,8 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 			t.Errorf("the ledger's consumer %s changed: %+v", name, cfg)
 		}
 	}
+	// Exports stay complete and verify; the view equals the stream.
+	l.CheckExportAndView(t)
 	info, err := durable.Info(ctx(t))
 	if err != nil {
 		t.Fatalf("service A's durable is gone: %v", err)

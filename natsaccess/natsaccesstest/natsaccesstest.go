@@ -7,6 +7,8 @@ package natsaccesstest
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"log/slog"
 	"testing"
 	"time"
@@ -129,7 +131,11 @@ func Start(tb testing.TB, o Options) *Ledger {
 		waitForLeader(tb, ctx, js, cfg.Stream)
 	}
 	view := projections.NewTokens()
-	l := app.New(store, view)
+	_, auditKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := app.New(store, view, app.WithAuditKey(auditKey))
 	tb.Cleanup(func() { _ = l.Close() })
 	tb.Cleanup(app.Feed(store, view, nil))
 	var access *natsaccess.Access
