@@ -28,34 +28,6 @@ import (
 // ledger's own connection. What the server then hands the ledger must not
 // be signed as an export, nor quarantine a token, nor go unnoticed.
 
-// tamper updates every consumer on the stream that pick selects, with
-// change applied to its config, and says how many it changed.
-func tamper(t *testing.T, js jetstream.JetStream, pick func(jetstream.ConsumerConfig) bool, change func(*jetstream.ConsumerConfig)) int {
-	t.Helper()
-	ctx := context.Background()
-	stream, err := js.Stream(ctx, "TOKENS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	lister := stream.ListConsumers(ctx)
-	for info := range lister.Info() {
-		if !pick(info.Config) {
-			continue
-		}
-		cfg := info.Config
-		change(&cfg)
-		if _, err := js.UpdateConsumer(ctx, "TOKENS", cfg); err != nil {
-			t.Fatalf("tamper with consumer %s: %v", info.Name, err)
-		}
-		n++
-	}
-	if err := lister.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // fedLedger is a ledger whose view Feed keeps, with every report Feed made
 // and whether the view's feed was marked faulty when it made it.
 type fedLedger struct {
@@ -150,7 +122,7 @@ func TestAHeadersOnlyFeedQuarantinesNothingAndRecoversByItself(t *testing.T) {
 	if err := f.l.CatchUp(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := tamper(t, f.js, func(jetstream.ConsumerConfig) bool { return true }, func(cfg *jetstream.ConsumerConfig) { cfg.HeadersOnly = true }); n != 1 {
+	if n := eventstoretest.Tamper(t, f.js, func(jetstream.ConsumerConfig) bool { return true }, func(cfg *jetstream.ConsumerConfig) { cfg.HeadersOnly = true }); n != 1 {
 		t.Fatalf("tampered with %d consumers, want the feed's one", n)
 	}
 
@@ -231,7 +203,7 @@ func TestAFeedWhoseFilterIsNarrowedIsNoticedBeforeAnEventIsMissed(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	tamper(t, f.js, func(jetstream.ConsumerConfig) bool { return true }, func(cfg *jetstream.ConsumerConfig) {
+	eventstoretest.Tamper(t, f.js, func(jetstream.ConsumerConfig) bool { return true }, func(cfg *jetstream.ConsumerConfig) {
 		cfg.FilterSubject = "ledger.tokens.*.*.TokenCreated"
 	})
 	waitUntil(t, 10*time.Second, "the narrowed filter to be reported", func() bool { return len(f.badDeliveries()) > 0 })
@@ -276,7 +248,7 @@ func TestAnExportWhoseConsumerIsNarrowedMidwayIsNotSigned(t *testing.T) {
 			}
 			// The export's consumer is the one filtered on the organization;
 			// the feed's reads the whole stream.
-			tampered = tamper(t, f.js, func(cfg jetstream.ConsumerConfig) bool {
+			tampered = eventstoretest.Tamper(t, f.js, func(cfg jetstream.ConsumerConfig) bool {
 				return strings.Contains(cfg.FilterSubject+strings.Join(cfg.FilterSubjects, " "), ".acme.")
 			}, func(cfg *jetstream.ConsumerConfig) {
 				cfg.FilterSubject, cfg.FilterSubjects = "", nil

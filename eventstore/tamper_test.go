@@ -21,34 +21,6 @@ import (
 // own consumers (CONSUMER.CREATE on an existing name is an update): the
 // ledger's reads must notice, whatever the server hands them.
 
-// tamper updates every consumer on the stream that pick selects, with
-// change applied to its config, and says how many it changed.
-func tamper(t *testing.T, js jetstream.JetStream, pick func(jetstream.ConsumerConfig) bool, change func(*jetstream.ConsumerConfig)) int {
-	t.Helper()
-	ctx := context.Background()
-	stream, err := js.Stream(ctx, "TOKENS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	lister := stream.ListConsumers(ctx)
-	for info := range lister.Info() {
-		if !pick(info.Config) {
-			continue
-		}
-		cfg := info.Config
-		change(&cfg)
-		if _, err := js.UpdateConsumer(ctx, "TOKENS", cfg); err != nil {
-			t.Fatalf("tamper with consumer %s: %v", info.Name, err)
-		}
-		n++
-	}
-	if err := lister.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 func anyConsumer(jetstream.ConsumerConfig) bool { return true }
 
 // skipDeletions narrows a consumer of org's events to every type but
@@ -115,7 +87,7 @@ func TestAScanWhoseConsumerIsNarrowedMidwayFails(t *testing.T) {
 	n, deletions := 0, 0
 	err := st.Scan(ctx(t), eventstore.Range{OrganizationID: "acme"}, func(eventstore.ScanStart) {}, func(rec eventstore.Recorded) error {
 		if n++; n == 100 {
-			if tamper(t, js, anyConsumer, skipDeletions("acme")) != 1 {
+			if eventstoretest.Tamper(t, js, anyConsumer, skipDeletions("acme")) != 1 {
 				t.Fatal("the scan's consumer was not found")
 			}
 		}
@@ -168,9 +140,9 @@ func TestAScanWhoseConsumerIsNarrowedAndRestoredFails(t *testing.T) {
 			err := st.Scan(ctx(t), eventstore.Range{OrganizationID: "acme"}, func(eventstore.ScanStart) {}, func(rec eventstore.Recorded) error {
 				switch n++; n {
 				case 100:
-					tamper(t, js, anyConsumer, skipDeletions("acme"))
+					eventstoretest.Tamper(t, js, anyConsumer, skipDeletions("acme"))
 				case tokens + more: // the last creation: every deletion skipped
-					tamper(t, js, anyConsumer, func(cfg *jetstream.ConsumerConfig) {
+					eventstoretest.Tamper(t, js, anyConsumer, func(cfg *jetstream.ConsumerConfig) {
 						cfg.FilterSubject, cfg.FilterSubjects = "ledger.tokens.acme.*.*", nil
 					})
 					tc.after(t, st)
@@ -193,7 +165,7 @@ func TestAScanOnAHeadersOnlyConsumerFailsWithoutBlamingTheStream(t *testing.T) {
 	n := 0
 	err := st.Scan(ctx(t), eventstore.Range{OrganizationID: "acme"}, func(eventstore.ScanStart) {}, func(rec eventstore.Recorded) error {
 		if n++; n == 100 {
-			tamper(t, js, anyConsumer, headersOnly)
+			eventstoretest.Tamper(t, js, anyConsumer, headersOnly)
 		}
 		if rec.Err != nil {
 			t.Errorf("the scan handed on sequence %d as a bad event: %v", rec.Sequence, rec.Err)
@@ -242,7 +214,7 @@ func TestFollowStopsOnAHeadersOnlyConsumerWithoutBlamingTheEvent(t *testing.T) {
 	got, done := follow(t, st)
 	receive(t, got, a.Sequence)
 
-	tamper(t, js, anyConsumer, headersOnly)
+	eventstoretest.Tamper(t, js, anyConsumer, headersOnly)
 	rotated, _, _ := tok.Rotate(env())
 	if _, err := st.Append(ctx(t), rotated, a.Sequence); err != nil {
 		t.Fatal(err)
@@ -271,7 +243,7 @@ func TestFollowNoticesANarrowedFilterBeforeAnythingIsSkipped(t *testing.T) {
 	got, done := follow(t, st)
 	receive(t, got, a.Sequence)
 
-	tamper(t, js, anyConsumer, func(cfg *jetstream.ConsumerConfig) { cfg.FilterSubject = "ledger.tokens.*.*.TokenCreated" })
+	eventstoretest.Tamper(t, js, anyConsumer, func(cfg *jetstream.ConsumerConfig) { cfg.FilterSubject = "ledger.tokens.*.*.TokenCreated" })
 	select {
 	case err := <-done:
 		if !errors.Is(err, eventstore.ErrBadDelivery) {

@@ -21,7 +21,6 @@ import (
 
 	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
-	"github.com/tokenledger/tokenledger/natsaccess"
 )
 
 // TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself stops the NATS
@@ -36,18 +35,7 @@ func TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself(t *testing.T) {
 	natsDir := t.TempDir()
 	// "Your" NATS server, set up for the ledger as `ledger nats setup`
 	// does: its accounts, and the credentials file the ledger reads.
-	creds, err := natsaccess.NewCredentials()
-	if err != nil {
-		t.Fatal(err)
-	}
-	credsFile := filepath.Join(t.TempDir(), "nats-credentials.json")
-	if err := creds.Save(credsFile); err != nil {
-		t.Fatal(err)
-	}
-	accounts, err := creds.EmbeddedConfig("TOKENS")
-	if err != nil {
-		t.Fatal(err)
-	}
+	accounts, credsFile := lockedNATS(t)
 	var ns *server.Server
 	startNATS := func() {
 		t.Helper()

@@ -66,18 +66,7 @@ func TestReadinessNamesAFeedFault(t *testing.T) {
 // token made after the tampering verifies, and nothing was refused (no
 // token quarantined) for what the server did.
 func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
-	creds, err := natsaccess.NewCredentials()
-	if err != nil {
-		t.Fatal(err)
-	}
-	credsFile := filepath.Join(t.TempDir(), "nats-credentials.json")
-	if err := creds.Save(credsFile); err != nil {
-		t.Fatal(err)
-	}
-	accounts, err := creds.EmbeddedConfig("TOKENS")
-	if err != nil {
-		t.Fatal(err)
-	}
+	accounts, credsFile := lockedNATS(t)
 	ns, err := eventstore.StartEmbedded(eventstore.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Config: accounts})
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +92,10 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 		t.Fatalf("/readyz before the tampering: %d %+v", status, h)
 	}
 
+	creds, err := natsaccess.LoadCredentials(credsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conns, err := natsaccess.Connect(ns.ClientURL(), nil, creds)
 	if err != nil {
 		t.Fatal(err)
@@ -153,4 +146,23 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 	if strings.Contains(logs.String(), "refused") {
 		t.Fatalf("the ledger refused a message for the server's doing:\n%s", logs.String())
 	}
+}
+
+// lockedNATS is what `ledger nats setup` gives "your" NATS server and the
+// ledger: the accounts text for an embedded server (eventstore.EmbeddedConfig)
+// and the credentials file for --nats-credentials.
+func lockedNATS(t *testing.T) (accounts, credentials string) {
+	t.Helper()
+	creds, err := natsaccess.NewCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	credentials = filepath.Join(t.TempDir(), "nats-credentials.json")
+	if err := creds.Save(credentials); err != nil {
+		t.Fatal(err)
+	}
+	if accounts, err = creds.EmbeddedConfig("TOKENS"); err != nil {
+		t.Fatal(err)
+	}
+	return accounts, credentials
 }

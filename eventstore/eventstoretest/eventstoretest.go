@@ -60,3 +60,34 @@ func MustStore(tb testing.TB) (*eventstore.Store, jetstream.JetStream, *server.S
 	}
 	return st, js, ns
 }
+
+// Tamper plays an attacker who reached the JetStream API: it updates every
+// consumer on the TOKENS stream that pick selects (CONSUMER.CREATE on an
+// existing name is an update), with change applied to its config, and says
+// how many it changed. js must be a connection that may do so (the
+// ledger's own).
+func Tamper(tb testing.TB, js jetstream.JetStream, pick func(jetstream.ConsumerConfig) bool, change func(*jetstream.ConsumerConfig)) int {
+	tb.Helper()
+	ctx := context.Background()
+	stream, err := js.Stream(ctx, "TOKENS")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	lister := stream.ListConsumers(ctx)
+	for info := range lister.Info() {
+		if !pick(info.Config) {
+			continue
+		}
+		cfg := info.Config
+		change(&cfg)
+		if _, err := js.UpdateConsumer(ctx, "TOKENS", cfg); err != nil {
+			tb.Fatalf("tamper with consumer %s: %v", info.Name, err)
+		}
+		n++
+	}
+	if err := lister.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
