@@ -745,7 +745,7 @@ func (l *Ledger) VerifyAfter(ctx context.Context, c Caller, secret string, minSe
 	if t := v.Token(); t != nil && !domain.CanRead(c.Token, t) {
 		return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
 	}
-	return v, nil
+	return v.ShownTo(c.Token), nil
 }
 
 // Bootstrap creates the first ORGANIZATION_OWNER token, named "bootstrap", if

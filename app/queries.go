@@ -30,7 +30,7 @@ func (l *Ledger) getReadable(c Caller, id string) (*domain.Token, uint64, error)
 	if err := domain.Authorize(c.Token, domain.OpRead, tok, nil); err != nil {
 		return nil, 0, err
 	}
-	return tok, last, nil
+	return tok.ShownTo(c.Token), last, nil
 }
 
 // ListTokens returns the caller's organization's tokens, oldest first, and the
@@ -164,6 +164,9 @@ func (l *Ledger) FindTokens(ctx context.Context, c Caller, f TokenFilter, minSeq
 	now := l.now()
 	out := all[:0]
 	for _, t := range all {
+		// Filters match what the caller may see: a workspace it may not
+		// read does not place a token in it.
+		t.Token = t.Token.ShownTo(c.Token)
 		if domain.CanRead(c.Token, t.Token) && m.matches(t.Token, now) {
 			out = append(out, t)
 		}
@@ -191,6 +194,12 @@ func (l *Ledger) Holdings(ctx context.Context, c Caller, workspaceID, deployment
 	if len(problems) > 0 {
 		return nil, 0, &domain.ValidationError{Problems: problems}
 	}
+	// Who acts in a workspace is that workspace's business: a caller that
+	// does not read it gets the same answer as for a workspace nobody acts
+	// in, so the answer tells it nothing.
+	if workspaceID != nil && !domain.ReadsWorkspace(c.Token, *workspaceID) {
+		return nil, l.view.Sequence(), nil
+	}
 	if err := l.waitForRead(ctx, minSeq); err != nil {
 		return nil, 0, err
 	}
@@ -217,7 +226,17 @@ func (l *Ledger) TokenHistory(ctx context.Context, c Caller, id string) ([]event
 	if err := l.mayReadHistory(c, id); err != nil {
 		return nil, err
 	}
-	return l.history(ctx, c, id)
+	recs, err := l.history(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
+	shown := recs[:0]
+	for _, r := range recs {
+		if r.Event.ShownTo(c.Token) {
+			shown = append(shown, r)
+		}
+	}
+	return shown, nil
 }
 
 // TokenAt returns a token as it was at time at: its events that happened up
@@ -247,7 +266,7 @@ func (l *Ledger) TokenAt(ctx context.Context, c Caller, id string, at time.Time)
 	if err != nil {
 		return nil, 0, fmt.Errorf("token %s at %s: %w", id, at.Format(time.RFC3339Nano), err)
 	}
-	return tok, recs[len(events)-1].Sequence, nil
+	return tok.ShownTo(c.Token), recs[len(events)-1].Sequence, nil
 }
 
 // mayReadHistory refuses a caller who may not read token id as the view
