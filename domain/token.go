@@ -595,6 +595,9 @@ func checkName(raw string) (string, string) {
 	case strings.IndexFunc(name, func(r rune) bool { return unicode.IsControl(r) || hidesText(r) || r == '\u2028' || r == '\u2029' }) >= 0:
 		return "", "must not contain control characters (line separators and bidirectional controls included)"
 	}
+	if rule := checkText(name); rule != "" {
+		return "", rule
+	}
 	return name, ""
 }
 
@@ -611,7 +614,7 @@ func checkDescription(d string) string {
 	case strings.IndexFunc(d, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' || hidesText(r) }) >= 0:
 		return "must not contain control characters other than newline and tab (bidirectional controls included)"
 	}
-	return ""
+	return checkText(d)
 }
 
 // Token ids are "tok_" and 26 lowercase base32 characters (128 random bits):
