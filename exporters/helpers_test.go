@@ -14,6 +14,13 @@ import (
 // path and the export's (unsigned) manifest.
 func writeFile(tb testing.TB, dir string, f Format, rows []Row) (string, Manifest) {
 	tb.Helper()
+	return writeFileWith(tb, dir, f, rows, Filters{Since: "2025-01-01T00:00:00Z"})
+}
+
+// writeFileWith is writeFile with the manifest's filters given: the filters
+// the rows were selected by (a history starts on 2025-01-02).
+func writeFileWith(tb testing.TB, dir string, f Format, rows []Row, filters Filters) (string, Manifest) {
+	tb.Helper()
 	var buf bytes.Buffer
 	ex, err := NewExport(f, &buf)
 	if err != nil {
@@ -27,10 +34,14 @@ func writeFile(tb testing.TB, dir string, f Format, rows []Row) (string, Manifes
 	if err := ex.Close(); err != nil {
 		tb.Fatal(err)
 	}
+	var cut uint64 = 3 // the stream went on after the last row
+	if len(rows) > 0 {
+		cut += uint64(rows[len(rows)-1].Sequence)
+	}
 	m, err := ex.Manifest(Manifest{
 		OrganizationID: "org-main",
-		Filters:        Filters{Types: []string{"TokenCreated", "TokenRotated"}, Since: "2025-01-01T00:00:00Z"},
-		StreamSequence: uint64(len(rows)) + 3,
+		Filters:        filters,
+		StreamSequence: cut,
 		CreatedAt:      time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC),
 	})
 	if err != nil {
@@ -45,7 +56,13 @@ func writeFile(tb testing.TB, dir string, f Format, rows []Row) (string, Manifes
 // manifest file's bytes.
 func exportSigned(tb testing.TB, dir string, f Format, rows []Row, key ed25519.PrivateKey) (string, []byte) {
 	tb.Helper()
-	path, m := writeFile(tb, dir, f, rows)
+	return exportSignedWith(tb, dir, f, rows, Filters{Since: "2025-01-01T00:00:00Z"}, key)
+}
+
+// exportSignedWith is exportSigned with the manifest's filters given.
+func exportSignedWith(tb testing.TB, dir string, f Format, rows []Row, filters Filters, key ed25519.PrivateKey) (string, []byte) {
+	tb.Helper()
+	path, m := writeFileWith(tb, dir, f, rows, filters)
 	m.KeyID = KeyID(key.Public().(ed25519.PublicKey))
 	signed, err := SignManifest(m, key)
 	if err != nil {

@@ -50,7 +50,8 @@ type Manifest struct {
 }
 
 // Filters are the export's query, carried so a reader knows what the file is
-// a selection of. This package does not interpret them.
+// a selection of. Verify checks each row against them and judges the links
+// between a token's rows by what they keep (Filters.KeepWholeChains).
 type Filters struct {
 	Since         string   `json:"since,omitempty"` // RFC 3339
 	Until         string   `json:"until,omitempty"` // RFC 3339

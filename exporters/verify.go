@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
 )
@@ -28,6 +30,7 @@ const (
 	ProblemDuplicate   Problem = "duplicate"    // a row repeats the sequence before it
 	ProblemChain       Problem = "chain"        // a row does not follow its token's previous row
 	ProblemManifestRow Problem = "mismatch"     // the file's rows disagree with the manifest
+	ProblemFilters     Problem = "filters"      // a row is not one the manifest's filters keep
 )
 
 // Finding is one thing wrong with an export, as a sentence naming exactly
@@ -49,8 +52,12 @@ type Report struct {
 	// it is only what the file claims); zero if it could not be read.
 	Manifest Manifest `json:"manifest"`
 	// Rows is the number of rows read from the file.
-	Rows     int64     `json:"rows"`
-	Findings []Finding `json:"findings"`
+	Rows int64 `json:"rows"`
+	// ChainsLinked says whether each token's rows were checked to follow
+	// one another: true unless the manifest's filters keep only some of a
+	// token's events (see Filters.KeepWholeChains).
+	ChainsLinked bool      `json:"chains_linked"`
+	Findings     []Finding `json:"findings"`
 }
 
 // OK reports whether the export passed every check.
@@ -73,9 +80,15 @@ func (r Report) Err() error {
 // public key, and reports every problem it finds, in this order: the
 // signature; the file's SHA-256; that the file parses in the manifest's
 // format; each row's hash; the order of sequences; each token's hash chain,
-// within the file and against the manifest's chains; and the row count and
-// first and last sequence. Only a file that cannot be read stops the row
-// checks early.
+// within the file and against the manifest's chains; the row count and
+// first and last sequence; and that every row is one the manifest's filters
+// keep, at or below its stream_sequence. Only a file that cannot be read
+// stops the row checks early.
+//
+// A filtered export is judged by what its filters promise. Where they may
+// leave out events in the middle of a token's history (a type, workspace
+// or actor filter), a token's rows need not follow one another, so that
+// link is not checked (Report.ChainsLinked is false); everything else is.
 //
 // Memory grows with the number of tokens, not rows (and the findings listed
 // are capped). The file is read a few times: to hash it, to check a Parquet
@@ -120,6 +133,17 @@ func Verify(file io.ReaderAt, size int64, manifest []byte, trusted ed25519.Publi
 	}
 
 	c := newChecker()
+	if haveManifest {
+		c.filters = &m.Filters
+		c.cut = m.StreamSequence
+		c.linked = m.Filters.KeepWholeChains()
+		var err error
+		if c.since, c.until, err = m.Filters.times(); err != nil {
+			rep.add(Finding{Problem: ProblemManifest, Message: "the manifest's filters cannot be read: " + err.Error()})
+			c.filters = nil
+		}
+	}
+	rep.ChainsLinked = c.linked
 	readErr := ReadRows(format, file, size, c.row)
 	rep.Rows = c.rows
 	if len(c.breaks) > 0 {
@@ -151,6 +175,10 @@ func Verify(file io.ReaderAt, size int64, manifest []byte, trusted ed25519.Publi
 	}
 	if haveManifest && readErr == nil {
 		tail = c.compare(m)
+		tail = append(tail, c.outside.listed...)
+		if c.outside.dropped > 0 {
+			tail = append(tail, Finding{Problem: ProblemFilters, Message: fmt.Sprintf("and %d more rows the manifest's filters do not keep, not listed", c.outside.dropped)})
+		}
 	}
 	rep.Findings = append(append(append(rep.Findings, head...), c.findings()...), tail...)
 	return rep
@@ -256,10 +284,20 @@ type checker struct {
 	breaks      []*chainBreak
 	wanted      map[string][]*chainBreak // by the prev_hash they follow
 	pos         int64                    // row number in the locate pass
+
+	// linked: each token's rows must follow one another (the export's
+	// filters keep a token's events whole).
+	linked bool
+	// filters, when the manifest was read: each row must be one they keep,
+	// at or below cut; since and until are the filters' times, parsed.
+	filters      *Filters
+	cut          uint64
+	since, until time.Time
+	outside      findingList
 }
 
 func newChecker() *checker {
-	return &checker{tokens: make(map[string]*tokenState), wanted: make(map[string][]*chainBreak)}
+	return &checker{tokens: make(map[string]*tokenState), wanted: make(map[string][]*chainBreak), linked: true}
 }
 
 func (c *checker) row(r Row) error {
@@ -279,6 +317,12 @@ func (c *checker) row(r Row) error {
 			"row %d repeats sequence %d: duplicated row", n, seq)})
 	}
 	c.prevSeq, c.last = seq, uint64(seq)
+	if c.filters != nil {
+		if why := c.filters.leavesOut(r, c.since, c.until, c.cut); why != "" {
+			c.outside.add(Finding{Problem: ProblemFilters, Row: n, Sequence: seq, TokenID: r.TokenID, Message: fmt.Sprintf(
+				"row %d (sequence %d, token %s) is not one the manifest's filters keep: %s", n, seq, r.TokenID, why)})
+		}
+	}
 
 	if r.EventType == domain.TokenCreated && r.PrevHash != "" {
 		c.chains.add(Finding{Problem: ProblemChain, Row: n, Sequence: seq, TokenID: r.TokenID, Message: fmt.Sprintf(
@@ -308,6 +352,9 @@ func (c *checker) row(r Row) error {
 			c.chains.add(Finding{Problem: ProblemChain, Row: n, Sequence: seq, TokenID: r.TokenID, Message: fmt.Sprintf(
 				"token %s: row %d (sequence %d) is a second TokenCreated, after row %d (sequence %d): the token's history cannot start twice", r.TokenID, n, seq, t.lastRow, t.lastSeq)})
 		}
+	case !c.linked:
+		// The filters left out events of this token between its rows: the
+		// row follows one of those, which the file does not hold.
 	default:
 		// Listed in this place; the message waits for the locate pass.
 		if c.chains.add(Finding{}) {
@@ -449,4 +496,65 @@ func orStart(h string) string {
 		return "nothing (TokenCreated)"
 	}
 	return "hash " + h
+}
+
+// IsZero reports whether the export has no filters: every event of the
+// organization up to its stream_sequence.
+func (f Filters) IsZero() bool {
+	return f.Since == "" && f.Until == "" && len(f.Types) == 0 && f.TokenID == "" && f.WorkspaceID == "" &&
+		f.DeploymentID == "" && f.ActorTokenID == "" && f.AfterSequence == 0
+}
+
+// KeepWholeChains reports whether the filters keep every event of a token
+// between the first and the last one they keep, so that in the file each
+// token's rows follow one another as its events did. A time or sequence
+// range cuts a token's history only at its ends; a token or deployment
+// filter keeps all of each token's events (every event of a deployment
+// token names its deployment, and no other token's does). A type filter
+// leaves out the other types; a workspace filter, an organization token's
+// events outside that workspace; an actor filter, what other tokens did.
+func (f Filters) KeepWholeChains() bool {
+	return len(f.Types) == 0 && f.WorkspaceID == "" && f.ActorTokenID == ""
+}
+
+// times parses the filters' since and until (zero when not given).
+func (f Filters) times() (since, until time.Time, err error) {
+	for _, t := range []struct {
+		name, v string
+		to      *time.Time
+	}{{"since", f.Since, &since}, {"until", f.Until, &until}} {
+		if t.v == "" {
+			continue
+		}
+		if *t.to, err = time.Parse(time.RFC3339Nano, t.v); err != nil {
+			return time.Time{}, time.Time{}, fmt.Errorf("%s %q is not an RFC 3339 time", t.name, t.v)
+		}
+	}
+	return since, until, nil
+}
+
+// leavesOut says why the filters (since and until parsed) and the stream
+// cut keep no row like r, or "" if they keep it.
+func (f *Filters) leavesOut(r Row, since, until time.Time, cut uint64) string {
+	switch {
+	case uint64(r.Sequence) > cut:
+		return fmt.Sprintf("its sequence is after the stream_sequence %d the export was cut at", cut)
+	case uint64(r.Sequence) <= f.AfterSequence:
+		return fmt.Sprintf("its sequence is not after after_sequence %d", f.AfterSequence)
+	case !since.IsZero() && r.OccurredAt.Before(since):
+		return fmt.Sprintf("it occurred at %s, before since %s", r.OccurredAt.Format(time.RFC3339Nano), f.Since)
+	case !until.IsZero() && !r.OccurredAt.Before(until):
+		return fmt.Sprintf("it occurred at %s, not before until %s", r.OccurredAt.Format(time.RFC3339Nano), f.Until)
+	case len(f.Types) > 0 && !slices.Contains(f.Types, string(r.EventType)):
+		return fmt.Sprintf("it is a %s, not one of the types %s", r.EventType, strings.Join(f.Types, ", "))
+	case f.TokenID != "" && r.TokenID != f.TokenID:
+		return "its token is not " + f.TokenID
+	case f.WorkspaceID != "" && r.WorkspaceID != f.WorkspaceID:
+		return "its workspace_id is not " + f.WorkspaceID
+	case f.DeploymentID != "" && r.DeploymentID != f.DeploymentID:
+		return "its deployment_id is not " + f.DeploymentID
+	case f.ActorTokenID != "" && r.ActorTokenID != f.ActorTokenID:
+		return "its actor is not " + f.ActorTokenID
+	}
+	return ""
 }
