@@ -244,18 +244,27 @@ func (b *exportBar) finish() {
 }
 
 func newAuditVerifyCmd(stdout io.Writer, getenv func(string) string, started *bool) *cobra.Command {
-	var manifestPath, pubkey string
+	var (
+		manifestPath, pubkey string
+		out                  output
+	)
 	cmd := &cobra.Command{
-		Use:   "verify FILE [--manifest M] [--pubkey KEY]",
-		Short: "Prove an export complete and unaltered: signature, file hash, row count, order and every token's hash chain",
+		Use:   "verify FILE [--manifest M] [--pubkey KEY] [-o text|json]",
+		Short: "Prove an export complete and unaltered: signature, file hash, row count, order, filters and every token's hash chain",
 		Long: `Check an export against its signed manifest: the manifest's signature (by
 the ledger's key: --pubkey, or else the key of the ledger at LEDGER_URL), the
-file's SHA-256, the row count, the sequence order and every token's hash
-chain. Says exactly what is wrong. Exit 0 valid, 1 tampered or invalid,
-2 usage error.`,
+file's SHA-256, the row count, the sequence order, that every row is one the
+export's filters keep, and every token's hash chain. The verdict names the
+filters: a filtered export is a selection, and where its filters leave out
+events between a token's rows (--type, --workspace, --actor) the links
+between them are not checked. Says exactly what is wrong. Exit 0 valid,
+1 tampered or invalid, 2 usage error.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			*started = true
+			if err := out.check(); err != nil {
+				return err
+			}
 			path := args[0]
 			if manifestPath == "" {
 				manifestPath = path + ".manifest.json"
@@ -278,22 +287,142 @@ chain. Says exactly what is wrong. Exit 0 valid, 1 tampered or invalid,
 				return err
 			}
 			rep := exporters.Verify(file, info.Size(), manifest, key)
+			if out.json() {
+				err = printJSON(stdout, verdictOf(path, rep, key, from))
+			} else {
+				printVerdict(stdout, path, rep, key, from)
+			}
+			if err != nil {
+				return err
+			}
 			if !rep.OK() {
-				fmt.Fprintf(stdout, "INVALID: %s\n", path)
-				for _, f := range rep.Findings {
-					fmt.Fprintf(stdout, "  - %s\n", f.Message)
-				}
 				return &exitError{code: exitFailed}
 			}
-			m := rep.Manifest
-			fmt.Fprintf(stdout, "valid: %s: %s, %d rows, stream sequences %d-%d (cut at %d), %d token chains intact; manifest signed by key %s (%s)\n",
-				path, m.Format, rep.Rows, m.FirstSequence, m.LastSequence, m.StreamSequence, len(m.Chains), exporters.KeyID(key), from)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&manifestPath, "manifest", "", "the signed manifest (default FILE.manifest.json)")
 	cmd.Flags().StringVar(&pubkey, "pubkey", "", "the ledger's public key (ed25519:BASE64, as `ledger audit pubkey` prints), or a file holding it; default: ask the ledger at LEDGER_URL")
+	out.register(cmd)
 	return cmd
+}
+
+// verifyVerdict is `audit verify -o json`: the verdict, what the export
+// covers, and every finding.
+type verifyVerdict struct {
+	File           string           `json:"file"`
+	Valid          bool             `json:"valid"`
+	Format         exporters.Format `json:"format,omitempty"`
+	OrganizationID string           `json:"organization_id,omitempty"`
+	Rows           int64            `json:"rows"`
+	FirstSequence  uint64           `json:"first_sequence"`
+	LastSequence   uint64           `json:"last_sequence"`
+	StreamSequence uint64           `json:"stream_sequence"`
+	// Filters are the manifest's (as it claims them when its signature
+	// fails); Filtered is false for every event of the organization.
+	Filters  exporters.Filters `json:"filters"`
+	Filtered bool              `json:"filtered"`
+	// ChainsLinked: each token's rows were checked to follow one another.
+	ChainsLinked bool                `json:"chains_linked"`
+	Tokens       int                 `json:"tokens"`
+	KeyID        string              `json:"key_id"`
+	KeyFrom      string              `json:"key_from"`
+	Findings     []exporters.Finding `json:"findings"`
+}
+
+func verdictOf(path string, rep exporters.Report, key ed25519.PublicKey, from string) verifyVerdict {
+	m := rep.Manifest
+	findings := rep.Findings
+	if findings == nil {
+		findings = []exporters.Finding{}
+	}
+	return verifyVerdict{
+		File: path, Valid: rep.OK(), Format: m.Format, OrganizationID: m.OrganizationID, Rows: rep.Rows,
+		FirstSequence: m.FirstSequence, LastSequence: m.LastSequence, StreamSequence: m.StreamSequence,
+		Filters: m.Filters, Filtered: !m.Filters.IsZero(), ChainsLinked: rep.ChainsLinked, Tokens: len(m.Chains),
+		KeyID: exporters.KeyID(key), KeyFrom: from, Findings: findings,
+	}
+}
+
+// printVerdict writes the verdict as text: the verdict line, the filters,
+// what was checked and what a filtered export leaves unchecked, or every
+// finding.
+func printVerdict(w io.Writer, path string, rep exporters.Report, key ed25519.PublicKey, from string) {
+	m := rep.Manifest
+	var filters string
+	switch {
+	case rep.Manifest.OrganizationID == "" && rep.Manifest.Format == "":
+		filters = "unknown (the manifest cannot be read)"
+	case m.Filters.IsZero():
+		filters = fmt.Sprintf("none: every event of organization %s up to stream sequence %d", m.OrganizationID, m.StreamSequence)
+	default:
+		filters = filterArgs(m.Filters) + " (a selection: events these leave out are not in the file)"
+	}
+	if !rep.OK() {
+		fmt.Fprintf(w, "INVALID: %s\n", path)
+		fmt.Fprintf(w, "  filters (as the manifest claims): %s\n", filters)
+		for _, f := range rep.Findings {
+			fmt.Fprintf(w, "  - %s\n", f.Message)
+		}
+		return
+	}
+	fmt.Fprintf(w, "valid: %s: %s, %d rows, stream sequences %d-%d (cut at %d); manifest signed by key %s (%s)\n",
+		path, m.Format, rep.Rows, m.FirstSequence, m.LastSequence, m.StreamSequence, exporters.KeyID(key), from)
+	fmt.Fprintf(w, "  filters: %s\n", filters)
+	checked := "the signature, the file's SHA-256, every row's hash, sequence order"
+	if !m.Filters.IsZero() {
+		checked += ", every row against the filters"
+	}
+	if rep.ChainsLinked {
+		fmt.Fprintf(w, "  checked: %s, %d token chains intact (no event missing between a token's first and last row)\n", checked, len(m.Chains))
+		return
+	}
+	fmt.Fprintf(w, "  checked: %s, each token's first and last row and row count against the manifest (%d tokens)\n", checked, len(m.Chains))
+	names := gapFilters(m.Filters)
+	verb := "leave"
+	if len(names) == 1 {
+		verb = "leaves"
+	}
+	fmt.Fprintf(w, "  not checked: that a token's rows follow one another: %s %s out some of a token's events, so the file alone cannot show an event missing between two of its rows; only the signature vouches for that\n",
+		strings.Join(names, " and "), verb)
+}
+
+// filterArgs spells the filters as `ledger audit export` takes them.
+func filterArgs(f exporters.Filters) string {
+	var args []string
+	add := func(flag, v string) {
+		if v != "" {
+			args = append(args, flag+" "+v)
+		}
+	}
+	add("--since", f.Since)
+	add("--until", f.Until)
+	for _, t := range f.Types {
+		add("--type", t)
+	}
+	add("--token", f.TokenID)
+	add("--workspace", f.WorkspaceID)
+	add("--deployment", f.DeploymentID)
+	add("--actor", f.ActorTokenID)
+	if f.AfterSequence > 0 {
+		add("--after-sequence", strconv.FormatUint(f.AfterSequence, 10))
+	}
+	return strings.Join(args, " ")
+}
+
+// gapFilters names the filters that leave out events between a token's rows.
+func gapFilters(f exporters.Filters) []string {
+	var names []string
+	if len(f.Types) > 0 {
+		names = append(names, "--type")
+	}
+	if f.WorkspaceID != "" {
+		names = append(names, "--workspace")
+	}
+	if f.ActorTokenID != "" {
+		names = append(names, "--actor")
+	}
+	return names
 }
 
 // trustedKey is the key a manifest must be signed with: the one given, or
