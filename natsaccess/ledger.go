@@ -91,11 +91,19 @@ func Start(ctx context.Context, conns *Conns, tokens Tokens, creds Credentials, 
 	if every <= 0 {
 		every = RevokeEvery
 	}
+	revoker, err := NewRevoker(conns.System, conns.Ledger, tokens, s.Stream, s.SubjectPrefix, log)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	revoker.heal = func(ctx context.Context) error {
+		return EnsureMirror(ctx, conns.Ledger, s.Stream, s.Storage, max(s.Replicas, 1))
+	}
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		NewRevoker(conns.System, tokens, s.SubjectPrefix, log).Run(rctx, every)
+		revoker.Run(rctx, every)
 	}()
 	return &Access{stop: func() {
 		_ = sub.Unsubscribe()
