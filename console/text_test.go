@@ -38,6 +38,10 @@ func TestSecretsAndInvisibleCharactersAreRefusedBesideTheirFields(t *testing.T) 
 				}
 			}
 		}
+		// Nor does the form, filled in again with what was typed.
+		if strings.Contains(v.body, leaked) || strings.Contains(v.body, strings.Repeat("x", 49)) {
+			t.Error("the refused form shows the pasted secret again")
+		}
 	}
 
 	b.get("/console/tokens/new?scope=workspace")

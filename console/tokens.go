@@ -313,6 +313,8 @@ func (c *Console) chooseScope(w http.ResponseWriter, r *http.Request, s *signedI
 }
 
 func (c *Console) showCreate(w http.ResponseWriter, r *http.Request, s *signedIn, status int, scope domain.Scope, f createForm, key string, errs formErrors) {
+	// A secret pasted into a field was refused: the page does not carry it.
+	f.Name, f.Description = withoutSecret(f.Name), withoutSecret(f.Description)
 	all, err := c.readable(r, s)
 	if err != nil {
 		c.fail(w, r, s, domain.OpRead, err)
@@ -411,6 +413,7 @@ func (c *Console) editPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 }
 
 func (c *Console) showEdit(w http.ResponseWriter, r *http.Request, s *signedIn, status int, tok *domain.Token, f editForm, version uint64, errs formErrors) {
+	f.Name, f.Description = withoutSecret(f.Name), withoutSecret(f.Description)
 	now := c.ledger.Now()
 	page := editPage{Token: rowOf(s.me, tok, false, now), Form: f, Roles: settableRoles(s.me, tok, now), Version: version}
 	c.render(w, r, s, status, "edit.html", view{Title: "Edit " + tok.Name(), Nav: "tokens", Errors: errs, Data: page})
@@ -615,3 +618,11 @@ func (c *Console) assignFromPage(w http.ResponseWriter, r *http.Request, s *sign
 // newlines but no other control characters, would refuse, and which an
 // unchanged description would then differ from.
 func formText(v string) string { return strings.ReplaceAll(v, "\r\n", "\n") }
+
+// withoutSecret is a form value to show again: empty if it holds a secret.
+func withoutSecret(v string) string {
+	if domain.HoldsSecret(v) {
+		return ""
+	}
+	return v
+}

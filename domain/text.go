@@ -93,3 +93,7 @@ func emojiEnd(prev, prev2 rune) bool {
 	}
 	return emoji(prev)
 }
+
+// HoldsSecret reports whether s holds text shaped like a secret: a form
+// that refused it must not show it again.
+func HoldsSecret(s string) bool { return secretShaped.MatchString(s) }
