@@ -135,6 +135,29 @@ func (l *Ledger) Authenticate(secret string, from Source) (*domain.Token, error)
 	return nil, ErrUnauthenticated
 }
 
+// acting resolves the caller's token again, as it is now. A request is
+// authenticated when its headers arrive and decided once its body has,
+// which may be seconds later; whatever happened to its token in between
+// counts, as if the request had arrived after it. A token deleted, rotated
+// away from the secret the caller authenticated with, expired or quarantined
+// since is ErrUnauthenticated; a token whose roles changed acts with the
+// roles it has now.
+func (l *Ledger) acting(c Caller) (Caller, error) {
+	if c.Token == nil {
+		return Caller{}, ErrUnauthenticated
+	}
+	v := l.view.Resume(c.org(), c.Token.ID(), c.Token.SecretHash(), l.now())
+	if v.Outcome != projections.OutcomeActive {
+		return Caller{}, ErrUnauthenticated
+	}
+	c.Token = v.Token()
+	return c, nil
+}
+
+// judge is a command's authorization, asked again of the acting token as it
+// is right before the command's event is appended (see append).
+type judge func(actor *domain.Token) error
+
 // operations names the operation each command is, for domain.Authorize.
 var operations = map[domain.EventType]domain.Operation{
 	domain.TokenCreated:    domain.OpCreate,
@@ -337,6 +360,10 @@ func (l *Ledger) env(c Caller, key string, request any) domain.Env {
 
 // CreateToken creates a token in the caller's organization.
 func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateToken, idempotencyKey string) (Result, error) {
+	c, err := l.acting(c)
+	if err != nil {
+		return Result{}, err
+	}
 	if err := domain.CanChangeAny(c.Token); err != nil {
 		return Result{}, err
 	}
@@ -376,7 +403,9 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 			return Result{}, &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s belongs to another workspace than %s; a deployment token names its deployment's workspace", tok.DeploymentID(), tok.WorkspaceID())}
 		}
 	}
-	return l.append(ctx, c, e, tok, 0, secret)
+	return l.append(ctx, c, e, tok, 0, secret, func(actor *domain.Token) error {
+		return domain.Authorize(actor, domain.OpCreate, nil, tok)
+	})
 }
 
 // CommandOption changes how one command on an existing token runs.
@@ -446,6 +475,10 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, opts []C
 		f(&o)
 	}
 	op := operations[typ]
+	c, err := l.acting(c)
+	if err != nil {
+		return Result{}, err
+	}
 	if err := domain.CanChangeAny(c.Token); err != nil {
 		return Result{}, err
 	}
@@ -558,7 +591,9 @@ func (l *Ledger) decideAndAppend(ctx context.Context, c Caller, op domain.Operat
 			return Result{}, err
 		}
 	}
-	return l.append(ctx, c, e, next, last, secret)
+	return l.append(ctx, c, e, next, last, secret, func(actor *domain.Token) error {
+		return domain.Authorize(actor, op, tok, next)
+	})
 }
 
 // keepAnOwner refuses a change that would leave the organization without an
@@ -637,7 +672,19 @@ type keyedRequest struct {
 // A retry under an idempotency key that the view has not seen yet is caught
 // here: by JetStream's duplicate window, or, when the first attempt already
 // moved the token on, by a conflict after which the view knows the key.
-func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, last uint64, secret domain.Secret) (Result, error) {
+//
+// The acting token is resolved again first and the command judged again by
+// it (may): a command that waited (for a lock, for the view to catch up)
+// while its token was deleted, rotated or demoted is refused as if it had
+// arrived after.
+func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, last uint64, secret domain.Secret, may judge) (Result, error) {
+	c, err := l.acting(c)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := may(c.Token); err != nil {
+		return Result{}, err
+	}
 	if err := l.reachable(); err != nil {
 		return Result{}, err
 	}
@@ -739,6 +786,12 @@ func (l *Ledger) Verify(ctx context.Context, c Caller, secret string) (projectio
 // behind that ledger's view is.
 func (l *Ledger) VerifyAfter(ctx context.Context, c Caller, secret string, minSeq uint64) (projections.Verdict, error) {
 	if err := l.waitForRead(ctx, minSeq); err != nil {
+		return projections.Verdict{}, err
+	}
+	// Its body came after its headers were authenticated: judged by the
+	// caller's token as it is now.
+	c, err := l.acting(c)
+	if err != nil {
 		return projections.Verdict{}, err
 	}
 	v := l.view.Verify(secret, l.now())

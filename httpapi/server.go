@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path"
 	"regexp"
 	"strconv"
@@ -51,7 +52,20 @@ type Server struct {
 	failureBurst    int
 	failureInterval time.Duration
 	failureSources  int
+	bodyWait        time.Duration // see WithBodyReadTimeout
 }
+
+// DefaultBodyReadTimeout is how long a request's body may take to arrive
+// after its headers.
+const DefaultBodyReadTimeout = 10 * time.Second
+
+// WithBodyReadTimeout bounds how long a request's body may take to arrive
+// once the request has begun to be served (DefaultBodyReadTimeout): a body
+// that has not arrived by then is answered 408 and nothing is done. The
+// ledger judges a command by its token as it is once the body is in, so
+// this bounds how long a held-open request ties up a connection, not what
+// it may do.
+func WithBodyReadTimeout(d time.Duration) ServerOption { return func(s *Server) { s.bodyWait = d } }
 
 // ServerOption changes a Server's defaults.
 type ServerOption func(*Server)
@@ -79,7 +93,8 @@ func WithServerClock(now func() time.Time) ServerOption { return func(s *Server)
 // report, may be nil: everything is then reported ok.
 func NewServer(ledger *app.Ledger, log *slog.Logger, health func(context.Context) []Component, opts ...ServerOption) *Server {
 	s := &Server{ledger: ledger, log: log, mux: http.NewServeMux(), health: health, now: time.Now,
-		failureBurst: DefaultFailureBurst, failureInterval: DefaultFailureInterval, failureSources: DefaultFailureSources}
+		failureBurst: DefaultFailureBurst, failureInterval: DefaultFailureInterval, failureSources: DefaultFailureSources,
+		bodyWait: DefaultBodyReadTimeout}
 	for _, o := range opts {
 		o(s)
 	}
@@ -141,6 +156,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithValue(r.Context(), requestIDKey{}, id)
 	r = r.WithContext(context.WithValue(ctx, sourceIPKey{}, clientAddr(r, s.trusted)))
 	w.Header().Set("X-Request-Id", id)
+	if r.Body != nil && r.Body != http.NoBody && s.bodyWait > 0 {
+		// Only a request with a body: without one, net/http is already
+		// reading the connection in the background, and a deadline there
+		// would cancel the request's context. Once the body has been read
+		// to its end, net/http clears the deadline itself (as it starts
+		// that background read), so a command may take longer than this.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyWait))
+		r = r.WithContext(context.WithValue(r.Context(), bodyWaitKey{}, s.bodyWait))
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	defer func() {
@@ -189,7 +213,28 @@ func (r *statusRecorder) WriteHeader(code int) {
 type (
 	requestIDKey struct{}
 	sourceIPKey  struct{}
+	bodyWaitKey  struct{}
 )
+
+// ReadBodyError is err, from reading r's body, as the API answers it: a body
+// that did not arrive within the server's body read timeout
+// (WithBodyReadTimeout) is a *Problem of status 408 naming the body and the
+// time allowed; a body too large stays an *http.MaxBytesError (413); any
+// other failure is a 400 naming the body. Front ends served beside the API
+// (the web console) judge their form bodies with it too.
+func ReadBodyError(r *http.Request, err error) error {
+	var maxb *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxb):
+		return err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		wait, _ := r.Context().Value(bodyWaitKey{}).(time.Duration)
+		rule := fmt.Sprintf("must arrive within %s of the request's headers", wait)
+		return &Problem{Type: problemBase + "body-timeout", Title: "Request body too slow", Status: http.StatusRequestTimeout,
+			Detail: "body: did not arrive within " + wait.String() + "; nothing was done", Errors: []domain.FieldError{{Field: "body", Rule: rule}}}
+	}
+	return badBody("could not be read")
+}
 
 func requestID(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey{}).(string)
@@ -363,11 +408,7 @@ func decode(r *http.Request, v any) error {
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		var maxb *http.MaxBytesError
-		if errors.As(err, &maxb) {
-			return err
-		}
-		return badBody("could not be read")
+		return ReadBodyError(r, err)
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return badBody("required: a JSON object")
