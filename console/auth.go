@@ -44,8 +44,16 @@ type signedIn struct {
 // with the secret it signed in with; anything else goes to the sign-in page.
 // A POST must also carry the session's CSRF value and come from the
 // console's own origin.
+//
+// A POST's form is read before the session is judged: a form may arrive
+// seconds after its headers, and the token must be judged as it is when
+// the form is in, not as it was when the request began (a token deleted,
+// rotated or demoted meanwhile acts no more, or with its new role).
 func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if !c.readForm(w, r) {
+			return
+		}
 		ck, err := r.Cookie(sessionCookie)
 		if err != nil || ck.Value == "" {
 			http.Redirect(w, r, "/console/sign-in", http.StatusSeeOther)
@@ -75,6 +83,32 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) 
 		}
 		h(w, r, s)
 	}
+}
+
+// readForm reads a POST's form; when it cannot (it did not arrive within
+// the server's body read timeout, or it is too large or malformed) it
+// answers with a page saying so and reports false, and nothing is done.
+func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return true
+	}
+	err := r.ParseForm()
+	if err == nil {
+		return true
+	}
+	status, msg := http.StatusBadRequest, "This form could not be read, so nothing was changed. Reload the page and try again."
+	var (
+		p    *httpapi.Problem
+		maxb *http.MaxBytesError
+	)
+	switch err := httpapi.ReadBodyError(r, err); {
+	case errors.As(err, &p) && p.Status == http.StatusRequestTimeout:
+		status, msg = p.Status, "This form did not arrive in time ("+p.Detail+"). Reload the page and try again."
+	case errors.As(err, &maxb):
+		status, msg = http.StatusRequestEntityTooLarge, "This form is too large (at most 1 MiB), so nothing was changed."
+	}
+	c.render(w, r, nil, status, "error.html", view{Title: "Form not read", Data: errorPage{Heading: "Form not read", Message: msg}})
+	return false
 }
 
 // sameOriginForm: the POST came from a page of this console: the browser
@@ -137,6 +171,9 @@ func (c *Console) renderSignIn(w http.ResponseWriter, r *http.Request, status in
 }
 
 func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
+	if !c.readForm(w, r) {
+		return
+	}
 	ck, err := r.Cookie(signInCookie)
 	if err != nil || !c.sameOriginForm(r, ck.Value) {
 		c.log.Warn("console sign-in refused: CSRF check failed", "route", r.Pattern)
