@@ -350,12 +350,22 @@ func (l *Ledger) env(c Caller, key string, request any) domain.Env {
 		IdempotencyKey: key,
 	}
 	if key != "" {
-		e.EventID = domain.IdempotentEventID(c.org(), key)
+		e.EventID = idempotentEventID(c, key)
 		b, _ := json.Marshal(request)
 		sum := sha256.Sum256(b)
 		e.RequestHash = hex.EncodeToString(sum[:16])
 	}
 	return e
+}
+
+// idempotentEventID is the event id of a command sent under key by c's
+// token: a key is its acting token's, so another caller using the same key
+// neither replays this one's command nor uses the key up for it. A key holds
+// no space (checkKey), so no token id and key run together into another
+// pair's, nor into an id derived from a key alone (as events written before
+// keys were the acting token's were).
+func idempotentEventID(c Caller, key string) string {
+	return domain.IdempotentEventID(c.org(), c.Token.ID()+" "+key)
 }
 
 // CreateToken creates a token in the caller's organization.
@@ -715,8 +725,10 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *do
 
 func (l *Ledger) replay(ctx context.Context, c Caller, e domain.Event, a projections.Applied) (Result, error) {
 	if tok, _, ok := l.view.Get(c.org(), a.TokenID); ok && !domain.CanRead(c.Token, tok) {
-		// Keys are the organization's: another caller's key must not tell
-		// this one about a token it cannot see, not even its id.
+		// Keys are the acting token's, but what it may read can have
+		// changed since it used this one (a demotion, a workspace role
+		// taken away): a replay must not tell it about a token it can no
+		// longer see, not even its id.
 		return Result{}, domain.Invalid("idempotency_key", "already used for another command")
 	}
 	sameTarget := a.TokenID == e.TokenID || e.Type == domain.TokenCreated
