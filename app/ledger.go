@@ -407,15 +407,34 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 		if err := l.catchUp(ctx); err != nil {
 			return Result{}, err
 		}
-		if ws, ok := l.view.DeploymentWorkspace(tok.OrganizationID(), tok.DeploymentID()); ok && ws != tok.WorkspaceID() {
-			// Which workspace is not said: the caller may not be able to
-			// read it.
-			return Result{}, &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s belongs to another workspace than %s; a deployment token names its deployment's workspace", tok.DeploymentID(), tok.WorkspaceID())}
+		if err := l.deploymentMayMove(c, tok); err != nil {
+			return Result{}, err
 		}
 	}
 	return l.append(ctx, c, e, tok, 0, secret, func(actor *domain.Token) error {
 		return domain.Authorize(actor, domain.OpCreate, nil, tok)
 	})
+}
+
+// deploymentMayMove checks that a deployment token names its deployment's
+// workspace. The one exception corrects a deployment bound to the wrong
+// workspace (by a squatter, say): an ORGANIZATION_OWNER may name another
+// workspace once the deployment has no active token left in the old one
+// (delete them first: they stop working at once), and the deployment then
+// belongs to the new one.
+func (l *Ledger) deploymentMayMove(c Caller, tok *domain.Token) error {
+	ws, ok := l.view.DeploymentWorkspace(tok.OrganizationID(), tok.DeploymentID())
+	if !ok || ws == tok.WorkspaceID() {
+		return nil
+	}
+	if c.Token.Role() != domain.RoleOrganizationOwner {
+		// Which workspace is not said: the caller may not be able to read it.
+		return &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s belongs to another workspace than %s; a deployment token names its deployment's workspace (an %s can move a deployment)", tok.DeploymentID(), tok.WorkspaceID(), domain.RoleOrganizationOwner)}
+	}
+	if active := l.view.InDeployment(tok.OrganizationID(), tok.DeploymentID(), l.now()); len(active) > 0 {
+		return &domain.StateError{Field: "deployment_id", Rule: fmt.Sprintf("deployment %s belongs to workspace %s and has %d active token(s) there; delete them first to move it to %s", tok.DeploymentID(), ws, len(active), tok.WorkspaceID())}
+	}
+	return nil
 }
 
 // CommandOption changes how one command on an existing token runs.

@@ -27,10 +27,11 @@ type Tokens struct {
 	byPlace map[place]map[*entry]struct{}
 	retired map[domain.SecretHash]retiredSecret
 	// deployments binds each deployment (tokenKey{org, deployment id}) to the
-	// workspace its first token named, for good: the ledger knows
-	// deployments only through their tokens, and a deployment must not
-	// change workspace when its tokens are gone.
-	deployments map[tokenKey]string
+	// workspace its newest token named: the ledger knows deployments only
+	// through their tokens, and a deployment must not change workspace when
+	// its tokens are gone. Only an ORGANIZATION_OWNER's create may name
+	// another workspace (app checks it), so the binding moves only then.
+	deployments map[tokenKey]deploymentBinding
 	// keyed remembers events written under an idempotency key, by event id, so a
 	// retried command is answered with what the first attempt did.
 	keyed map[string]Applied
@@ -113,7 +114,7 @@ func NewTokens() *Tokens {
 		retired: make(map[domain.SecretHash]retiredSecret),
 		keyed:   make(map[string]Applied),
 
-		deployments: make(map[tokenKey]string),
+		deployments: make(map[tokenKey]deploymentBinding),
 		notify:      make(chan struct{}),
 	}
 }
@@ -167,26 +168,36 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	return nil
 }
 
-// bindDeployment records the workspace of t's deployment, if t is the
-// first token of it.
+// deploymentBinding is a deployment's workspace and the token that named it.
+type deploymentBinding struct {
+	workspaceID string
+	created     time.Time
+	tokenID     string
+}
+
+// bindDeployment records the workspace of t's deployment if t is its newest
+// token (by creation time, then id: a snapshot restores tokens in no
+// particular order, and must come to the same binding as a replay).
 func (v *Tokens) bindDeployment(t *domain.Token) {
 	if t.Scope() != domain.ScopeDeployment {
 		return
 	}
 	key := tokenKey{t.OrganizationID(), t.DeploymentID()}
-	if _, ok := v.deployments[key]; !ok {
-		v.deployments[key] = t.WorkspaceID()
+	b, ok := v.deployments[key]
+	if ok && (t.CreatedAt().Before(b.created) || t.CreatedAt().Equal(b.created) && t.ID() < b.tokenID) {
+		return
 	}
+	v.deployments[key] = deploymentBinding{workspaceID: t.WorkspaceID(), created: t.CreatedAt(), tokenID: t.ID()}
 }
 
 // DeploymentWorkspace is the workspace deployment dep of org belongs to:
-// the one its first token named, whether or not any of its tokens still
+// the one its newest token named, whether or not any of its tokens still
 // acts.
 func (v *Tokens) DeploymentWorkspace(org, dep string) (string, bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	ws, ok := v.deployments[tokenKey{org, dep}]
-	return ws, ok
+	b, ok := v.deployments[tokenKey{org, dep}]
+	return b.workspaceID, ok
 }
 
 // Refuse records that the message at stream sequence seq, stored on the
