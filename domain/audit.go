@@ -62,6 +62,8 @@ type details struct {
 	ExpirationDays      int        `json:"expiration_days,omitempty"`
 	ExpiresAt           *time.Time `json:"expires_at,omitempty"`
 	PreviousFingerprint string     `json:"previous_fingerprint,omitempty"`
+	// Count is TokenReuseDetected's, when more than one try.
+	Count uint64 `json:"count,omitempty"`
 }
 
 // Record returns the event's audit record.
@@ -96,6 +98,7 @@ func (e Event) Record() Record {
 		r.WorkspaceID, r.PreviousRole = data.WorkspaceID, data.PreviousRole
 	case ReuseDetectedData:
 		r.Fingerprint = data.Fingerprint
+		d.Count = data.Count
 	}
 	r.Details = string(d.appendJSON(make([]byte, 0, 128)))
 	return r
@@ -134,6 +137,10 @@ func (d *details) appendJSON(b []byte) []byte {
 	if d.PreviousFingerprint != "" {
 		b = append(b, `,"previous_fingerprint":`...)
 		b = AppendJSONString(b, d.PreviousFingerprint, true)
+	}
+	if d.Count != 0 {
+		b = append(b, `,"count":`...)
+		b = strconv.AppendUint(b, d.Count, 10)
 	}
 	return append(b, '}')
 }

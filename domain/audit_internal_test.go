@@ -29,6 +29,9 @@ func TestDetailsAreWrittenAsEncodingJSONWritesThem(t *testing.T) {
 		if rnd.IntN(2) == 0 {
 			d.PreviousFingerprint = texts[rnd.IntN(len(texts))]
 		}
+		if rnd.IntN(3) == 0 {
+			d.Count = rnd.Uint64()
+		}
 		want, err := json.Marshal(d)
 		if err != nil {
 			t.Fatal(err)

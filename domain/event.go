@@ -133,9 +133,20 @@ type DeletedData struct{}
 // of the rotation that retired it), never the secret or its hash: the event
 // says which old secret is out there without handing it to every reader of
 // the stream. The request it came in is the event's actor.
+//
+// The ledger records reuse in bounded form: one event for the first try
+// from a source, then at most one per source and interval standing for the
+// tries made since. Count is how many tries the event stands for when that
+// is more than one; it is omitted (zero) for one try, and in every event
+// written before reuse was counted.
 type ReuseDetectedData struct {
 	Fingerprint string `json:"fingerprint"`
+	Count       uint64 `json:"count,omitempty"`
 }
+
+// Tries is how many presentations of the old secret the event stands for:
+// Count, or one when it is omitted.
+func (d ReuseDetectedData) Tries() uint64 { return max(d.Count, 1) }
 
 func (CreatedData) eventType() EventType       { return TokenCreated }
 func (UpdatedData) eventType() EventType       { return TokenUpdated }

@@ -39,6 +39,9 @@ type TokenState struct {
 	RotatedAt      time.Time
 	DeletedAt      time.Time
 	Version        uint64
+	// ChangedVersion is Token.ChangedVersion; zero (a snapshot older than
+	// it) restores as Version, which only makes If-Match stricter.
+	ChangedVersion uint64
 	SecretHash     SecretHash
 	Fingerprint    string
 	ChainHead      EventHash
@@ -53,14 +56,19 @@ func (t *Token) State() TokenState {
 		WorkspaceRoles: t.WorkspaceRoles(), ExpirationDays: t.expirationDays,
 		ExpiresAt: t.expiresAt, CreatedAt: t.createdAt, UpdatedAt: t.updatedAt,
 		RotatedAt: t.rotatedAt, DeletedAt: t.deletedAt, Version: t.version,
-		SecretHash: t.secretHash, Fingerprint: t.fingerprint, ChainHead: t.chainHead,
+		ChangedVersion: t.changedVersion, SecretHash: t.secretHash, Fingerprint: t.fingerprint, ChainHead: t.chainHead,
 	}
 }
 
 // RestoreToken makes a token from a State saved earlier.
 func RestoreToken(s TokenState) *Token {
+	changed := s.ChangedVersion
+	if changed == 0 {
+		changed = s.Version
+	}
 	return &Token{
-		id: s.ID, organizationID: s.OrganizationID, scope: s.Scope,
+		changedVersion: changed,
+		id:             s.ID, organizationID: s.OrganizationID, scope: s.Scope,
 		workspaceID: s.WorkspaceID, deploymentID: s.DeploymentID,
 		name: s.Name, description: s.Description, role: s.Role,
 		workspaceRoles: rolesFrom(s.WorkspaceRoles), expirationDays: s.ExpirationDays,

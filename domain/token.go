@@ -69,6 +69,9 @@ type Token struct {
 	rotatedAt      time.Time
 	deletedAt      time.Time
 	version        uint64
+	// changedVersion is the version of the last event that changed the
+	// token (any but TokenReuseDetected); see UnchangedSince.
+	changedVersion uint64
 	secretHash     SecretHash
 	fingerprint    string
 	// chainHead is the Hash of the token's last event: the next event's
@@ -431,10 +434,38 @@ func (t *Token) Delete(env Env) (Event, error) {
 // for a deleted token too; it changes nothing but the token's version and
 // hash chain. env.Actor is the request the secret came in.
 func (t *Token) RecordReuse(fingerprint string, env Env) (Event, error) {
+	return t.RecordReuses(fingerprint, 1, env)
+}
+
+// RecordReuses records one TokenReuseDetected standing for tries
+// presentations of a rotated-away secret (see ReuseDetectedData.Count).
+// env.Actor is the request of one of them.
+func (t *Token) RecordReuses(fingerprint string, tries uint64, env Env) (Event, error) {
 	if fingerprint == "" {
 		return Event{}, Invalid("fingerprint", "required: the fingerprint of the secret that was presented")
 	}
-	return t.record(env, ReuseDetectedData{Fingerprint: fingerprint})
+	if tries == 0 {
+		return Event{}, Invalid("count", "at least one try")
+	}
+	d := ReuseDetectedData{Fingerprint: fingerprint}
+	if tries > 1 {
+		d.Count = tries
+	}
+	return t.record(env, d)
+}
+
+// ChangedVersion is the version of the token's last event that changed it:
+// every event but TokenReuseDetected, which reports on the token without
+// changing it.
+func (t *Token) ChangedVersion() uint64 { return t.changedVersion }
+
+// UnchangedSince reports whether the token is as it was at version v: v is
+// one of its versions, and nothing but TokenReuseDetected came after it. A
+// conditional command (If-Match) asks this rather than for equal versions,
+// so that someone trying an old secret cannot make it fail; the command's
+// event is still appended on the token's real head.
+func (t *Token) UnchangedSince(v uint64) bool {
+	return v >= t.changedVersion && v <= t.version && v != 0
 }
 
 func (t *Token) checkLive() error {
@@ -578,6 +609,7 @@ func (t *Token) Apply(e Event) error {
 		// updated_at says when the token last changed; someone trying an old
 		// secret changes nothing about it.
 		t.updatedAt = e.OccurredAt
+		t.changedVersion = e.Version
 	}
 	t.chainHead = e.Hash
 	return nil

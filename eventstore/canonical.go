@@ -158,6 +158,9 @@ func canonical(b []byte, seen map[string]string) (domain.Event, bool) {
 		var d domain.ReuseDetectedData
 		s.lit(`"fingerprint":`)
 		d.Fingerprint = s.str()
+		if s.key(`,"count":`) {
+			d.Count = s.uint()
+		}
 		e.Data = d
 	default:
 		return domain.Event{}, false

@@ -178,6 +178,10 @@ func appendAll(t *testing.T, st *eventstore.Store) []domain.Event {
 	add(org.RecordReuse(rotated.Data.(domain.RotatedData).PreviousFingerprint, domain.Env{
 		Now: tick(), Rand: rand.Reader, Actor: domain.Actor{TokenID: domain.SystemActor, SourceIP: "198.51.100.9"},
 	}))
+	// The tries made since the first, in one event with their count.
+	add(org.RecordReuses(rotated.Data.(domain.RotatedData).PreviousFingerprint, 2600, domain.Env{
+		Now: tick(), Rand: rand.Reader, Actor: domain.Actor{TokenID: domain.SystemActor, SourceIP: "198.51.100.9"},
+	}))
 	add(org.Delete(by()))
 
 	ws, e, _, err := domain.Create(domain.CreateToken{OrganizationID: "acme", Scope: "workspace", WorkspaceID: "ws-1", Name: "deployer"}, by())
@@ -322,6 +326,10 @@ func TestSchemasRejectWhatTheLedgerNeverWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reused, err := tok.RecordReuses(rotated.Data.(domain.RotatedData).PreviousFingerprint, 3, e)
+	if err != nil {
+		t.Fatal(err)
+	}
 	deleted, err := tok.Delete(e)
 	if err != nil {
 		t.Fatal(err)
@@ -352,6 +360,8 @@ func TestSchemasRejectWhatTheLedgerNeverWrites(t *testing.T) {
 		{"rotated without previous_secret_hash", rotated, func(m map[string]any) { delete(data(m), "previous_secret_hash") }},
 		{"fingerprint is a number", rotated, func(m map[string]any) { data(m)["fingerprint"] = 42 }},
 		{"unknown data field", rotated, func(m map[string]any) { data(m)["secret"] = "tlo_x" }},
+		{"reuse count of one (one try has none)", reused, func(m map[string]any) { data(m)["count"] = 1 }},
+		{"reuse count is a string", reused, func(m map[string]any) { data(m)["count"] = "3" }},
 		{"deleted with data", deleted, func(m map[string]any) { m["data"] = map[string]any{"reason": "x"} }},
 	}
 	for _, c := range cases {

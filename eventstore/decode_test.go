@@ -61,7 +61,7 @@ func sampleEvents(t testing.TB, n int) []domain.Event {
 		reuse := env
 		reuse.Actor.TokenID, reuse.IdempotencyKey, reuse.RequestHash, reuse.EventID = domain.SystemActor, "", "", ""
 		if rnd.IntN(2) == 0 {
-			if e, err := tok.RecordReuse(pick([]string{"0123456789abcdef", `fp"`}), reuse); err == nil {
+			if e, err := tok.RecordReuses(pick([]string{"0123456789abcdef", `fp"`}), uint64(1+rnd.IntN(3)), reuse); err == nil {
 				out = append(out, e)
 			}
 		}

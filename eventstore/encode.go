@@ -154,6 +154,10 @@ func appendData(b []byte, data domain.EventData) ([]byte, bool) {
 	case domain.ReuseDetectedData:
 		b = append(b, `{"fingerprint":`...)
 		b = appendString(b, d.Fingerprint)
+		if d.Count != 0 {
+			b = append(b, `,"count":`...)
+			b = strconv.AppendUint(b, d.Count, 10)
+		}
 	default:
 		// nil, a pointer, a type added later: encoding/json's business.
 		return b, false

@@ -74,6 +74,12 @@ func awkwardEvents() []domain.Event {
 		}),
 		with(func(e *domain.Event) { e.Type, e.Data = domain.TokenRotated, domain.RotatedData{} }),
 		with(func(e *domain.Event) { e.Type, e.Data = domain.TokenDeleted, domain.DeletedData{} }),
+		with(func(e *domain.Event) {
+			e.Type, e.Data = domain.TokenReuseDetected, domain.ReuseDetectedData{Fingerprint: "0123456789abcdef", Count: 2600}
+		}),
+		with(func(e *domain.Event) {
+			e.Type, e.Data = domain.TokenReuseDetected, domain.ReuseDetectedData{Fingerprint: "f", Count: ^uint64(0)}
+		}),
 		with(func(e *domain.Event) { e.PrevHash, e.Hash = domain.EventHash{0xab}, domain.EventHash{31: 1} }),
 		with(func(e *domain.Event) { e.Hash = domain.EventHash{0xcd} }),
 		with(func(e *domain.Event) { e.OccurredAt = time.Time{} }),
