@@ -31,8 +31,14 @@ import (
 const snapshotMagic = "TLSNAP\x00\x01"
 
 // SnapshotFormat is bumped whenever the layout changes; older files are then
-// refused as incompatible.
-const SnapshotFormat = 3 // 2: tokens carry their hash chain's head; 3: and when they were last used
+// refused as incompatible, except format 3, which lacks only what format 4
+// added and is read as format 4 with it unknown.
+const SnapshotFormat = 4 // 2: tokens carry their hash chain's head; 3: and when they were last used; 4: and the version of their last change
+
+// formatWithoutChange is the format before tokens carried the version of
+// their last change; its tokens restore with it unknown (see
+// domain.TokenState.ChangedVersion).
+const formatWithoutChange = 3
 
 // ErrBadSnapshot marks a snapshot that cannot be used.
 var ErrBadSnapshot = errors.New("snapshot unusable")
@@ -240,9 +246,11 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		return nil, SnapshotHeader{}, fmt.Errorf("%w: checksum does not match (corrupt or truncated)", ErrBadSnapshot)
 	}
 	d := &decoder{b: body[len(snapshotMagic):]}
-	if f := d.uint(); f != SnapshotFormat {
-		return nil, SnapshotHeader{}, fmt.Errorf("%w: format %d, this ledger reads %d", ErrBadSnapshot, f, SnapshotFormat)
+	f := d.uint()
+	if f != SnapshotFormat && f != formatWithoutChange {
+		return nil, SnapshotHeader{}, fmt.Errorf("%w: format %d, this ledger reads %d and %d", ErrBadSnapshot, f, formatWithoutChange, SnapshotFormat)
 	}
+	d.changed = f >= 4
 	h := SnapshotHeader{Stream: d.str(), StreamCreated: d.time(), Sequence: d.uint()}
 	v := NewTokens()
 	v.seq = h.Sequence
@@ -423,6 +431,7 @@ func (e *encoder) token(s domain.TokenState) {
 	e.raw(s.SecretHash[:])
 	e.str(s.Fingerprint)
 	e.raw(s.ChainHead[:])
+	e.uint(s.ChangedVersion)
 }
 
 // decoder reads what encoder wrote; after the first fault every read returns
@@ -433,6 +442,8 @@ type decoder struct {
 	// values holds strings shared by many tokens (organizations, scopes,
 	// roles, workspaces), so a load allocates each once.
 	values map[string]string
+	// changed: tokens carry their ChangedVersion (format 4 on).
+	changed bool
 }
 
 // common reads a string that many tokens share.
@@ -522,5 +533,8 @@ func (d *decoder) token() domain.TokenState {
 	copy(s.SecretHash[:], d.raw(len(s.SecretHash)))
 	s.Fingerprint = d.str()
 	copy(s.ChainHead[:], d.raw(len(s.ChainHead)))
+	if d.changed {
+		s.ChangedVersion = d.uint()
+	}
 	return s
 }
