@@ -182,7 +182,12 @@ func run(t *testing.T, rnd *mrand.Rand, l *app.Ledger, live *projections.Tokens,
 			secrets = append(secrets, res.Secret.Reveal())
 		}
 	}
-	defer func() { awaitRecorded(t, l, l.ReuseStats().Queued) }()
+	defer func() {
+		// Tries after a source's first are written once their interval is
+		// over: end it, and wait for every try to be in an event.
+		clk.Advance(app.DefaultReuseInterval)
+		awaitRecorded(t, l, l.ReuseStats().Tries)
+	}()
 	for range n {
 		clk.Advance(time.Duration(rnd.IntN(48)) * time.Hour)
 		ci := rnd.IntN(len(callers))

@@ -19,21 +19,21 @@ import (
 	"github.com/tokenledger/tokenledger/projections"
 )
 
-// awaitRecorded waits, with a deadline, until the ledger has written n
-// reuse events or failed one.
+// awaitRecorded waits, with a deadline, until the ledger's reuse events
+// stand for n tries, and fails at once if one could not be stored.
 func awaitRecorded(t *testing.T, l *app.Ledger, n uint64) app.ReuseStats {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := l.ReuseStats()
 		if st.Failed > 0 {
-			t.Fatalf("reuse reports failed: %+v", st)
+			t.Fatalf("reuse events failed: %+v", st)
 		}
-		if st.Recorded >= n {
+		if st.RecordedTries >= n {
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d reuse reports recorded after 30 s: %+v", st.Recorded, n, st)
+			t.Fatalf("%d of %d tries recorded after 30 s: %+v", st.RecordedTries, n, st)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -61,22 +61,156 @@ func reuses(t *testing.T, store *eventstore.Store, org, id string) []domain.Even
 	return out
 }
 
-// Reuse reports race with commands on the same token; every report still
-// becomes exactly one event (a conflict is retried on the token's new head,
-// under the same event id), and the commands go through.
-func TestEveryReuseIsOneEventWhileCommandsRace(t *testing.T) {
+// tries adds up the tries the events stand for, by source address.
+func tries(events []domain.Event) (total uint64, bySource map[string]uint64) {
+	bySource = map[string]uint64{}
+	for _, e := range events {
+		n := e.Data.(domain.ReuseDetectedData).Tries()
+		total += n
+		bySource[e.Actor.SourceIP] += n
+	}
+	return total, bySource
+}
+
+// rotatedAway makes a workspace token and rotates it: the token and its old
+// secret.
+func rotatedAway(t *testing.T, l *app.Ledger, owner app.Caller, name string) (app.Result, string) {
+	t.Helper()
+	ctx := context.Background()
+	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: name}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := l.RotateToken(ctx, owner, res.Token.ID(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rot, res.Secret.Reveal()
+}
+
+// Issue 16: whoever holds a rotated-away secret wrote one permanent event
+// per try, and each moved the token's version, so every If-Match command
+// on it failed. Now 1,000 tries over about three intervals write at most
+// one event per source and interval (and the first at once), their counts
+// add up to the tries, and the token is still unchanged since the version
+// read before the tries (what If-Match is to compare).
+func TestAThousandTriesWriteBoundedEvents(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
 	l, store, owner := newLedger(t, clk)
 	t.Cleanup(func() { _ = l.Close() })
 	ctx := context.Background()
-	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "busy"}, "")
+	rot, old := rotatedAway(t, l, owner, "leaky")
+	id := rot.Token.ID()
+	read, _, err := l.GetToken(ctx, owner, id, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := res.Secret.Reveal()
-	if _, err := l.RotateToken(ctx, owner, res.Token.ID(), ""); err != nil {
+	before := read.Version()
+
+	// 1,000 tries from one address, 200 ms apart on the ledger's clock:
+	// 200 s, a little over three intervals of a minute.
+	const n = 1000
+	for i := range n {
+		if _, err := l.Authenticate(old, app.Source{RequestID: fmt.Sprint("r", i), SourceIP: "203.0.113.5", UserAgent: "stolen/1"}); !errors.Is(err, app.ErrUnauthenticated) {
+			t.Fatalf("try %d: %v", i, err)
+		}
+		if i == 0 {
+			awaitRecorded(t, l, 1) // the first try is written at once
+		}
+		clk.Advance(200 * time.Millisecond)
+	}
+	span := time.Duration(n) * 200 * time.Millisecond
+	if err := l.Close(); err != nil { // writes what is still counted
 		t.Fatal(err)
 	}
+	st := l.ReuseStats()
+	if st.Tries != n || st.RecordedTries != n || st.Pending != 0 || st.Dropped != 0 || st.Failed != 0 {
+		t.Fatalf("stats %+v; want all %d tries recorded", st, n)
+	}
+	if err := l.CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	events := reuses(t, store, "acme", id)
+	// The first try at once, then one per interval begun, and what Close
+	// found counted.
+	bound := 1 + int(span/app.DefaultReuseInterval) + 1
+	if len(events) > bound || uint64(len(events)) != st.Recorded {
+		t.Fatalf("%d TokenReuseDetected events for %d tries over %s (stats %d); want at most %d", len(events), n, span, st.Recorded, bound)
+	}
+	total, _ := tries(events)
+	if total != n {
+		t.Fatalf("the events' counts add up to %d tries, want %d", total, n)
+	}
+	fp := domain.Fingerprint(old)
+	for i, e := range events {
+		d := e.Data.(domain.ReuseDetectedData)
+		if d.Fingerprint != fp || e.Actor.SourceIP != "203.0.113.5" || e.Actor.UserAgent != "stolen/1" || e.Actor.TokenID != domain.SystemActor {
+			t.Fatalf("event %d: %+v", i, e)
+		}
+		if i > 0 && e.OccurredAt.Sub(events[i-1].OccurredAt) < app.DefaultReuseInterval && i != len(events)-1 {
+			t.Fatalf("events %d and %d are %s apart, less than an interval", i-1, i, e.OccurredAt.Sub(events[i-1].OccurredAt))
+		}
+	}
+	if d := events[0].Data.(domain.ReuseDetectedData); d.Tries() != 1 || events[0].Actor.RequestID != "r0" {
+		t.Fatalf("the first event stands for %d tries (request %s), want the first try alone", d.Tries(), events[0].Actor.RequestID)
+	}
+
+	// The version read before the tries still names the token as it is.
+	now, _, err := l.GetToken(ctx, owner, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Version() != before+uint64(len(events)) || now.ChangedVersion() != before {
+		t.Fatalf("after the tries: version %d, changed at %d; want %d and %d", now.Version(), now.ChangedVersion(), before+uint64(len(events)), before)
+	}
+	if !now.UnchangedSince(before) {
+		t.Fatalf("the token at version %d is not unchanged since version %d", now.Version(), before)
+	}
+}
+
+// Sources past the token's first maxReuseSources (16) in an interval are
+// counted together, in one event without an address: many addresses buy
+// no more events.
+func TestManySourcesShareOneEventPastTheFirstSixteen(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	l, store, owner := newLedger(t, clk)
+	rot, old := rotatedAway(t, l, owner, "leaky")
+	const sources, each = 40, 5
+	for i := range sources * each {
+		_, _ = l.Authenticate(old, app.Source{SourceIP: fmt.Sprintf("198.51.100.%d", i%sources)})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	events := reuses(t, store, "acme", rot.Token.ID())
+	total, bySource := tries(events)
+	if total != sources*each {
+		t.Fatalf("%d tries recorded, want %d", total, sources*each)
+	}
+	// Each of the first 16 sources: its first try, then the rest; the
+	// others: one shared event (its first try woke the writer too at most
+	// once) without an address.
+	if len(events) > 2*16+2 {
+		t.Fatalf("%d events from %d sources in one interval; want at most %d", len(events), sources, 2*16+2)
+	}
+	if len(bySource) != 17 || bySource[""] != (sources-16)*each {
+		t.Fatalf("tries by source %v; want 16 sources and %d tries without an address", bySource, (sources-16)*each)
+	}
+}
+
+// Tries race with commands on the same token; every try is counted in an
+// event (a conflict is retried on the token's new head, under the same
+// event id), and the commands go through.
+func TestReuseIsRecordedWhileCommandsRace(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	l, store, owner := newLedger(t, clk, app.WithReuseInterval(time.Millisecond))
+	t.Cleanup(func() { _ = l.Close() })
+	ctx := context.Background()
+	rot, old := rotatedAway(t, l, owner, "busy")
+	id := rot.Token.ID()
 
 	const attempts, updates = 40, 15
 	var wg sync.WaitGroup
@@ -87,6 +221,8 @@ func TestEveryReuseIsOneEventWhileCommandsRace(t *testing.T) {
 			if _, err := l.Authenticate(old, app.Source{RequestID: fmt.Sprint("r", i), SourceIP: "192.0.2.7"}); !errors.Is(err, app.ErrUnauthenticated) {
 				t.Errorf("attempt %d with the rotated-away secret: %v", i, err)
 			}
+			clk.Advance(time.Millisecond) // an interval each: many events
+			time.Sleep(time.Millisecond)
 		}
 	}()
 	updated := 0
@@ -94,7 +230,7 @@ func TestEveryReuseIsOneEventWhileCommandsRace(t *testing.T) {
 		defer wg.Done()
 		for i := 0; updated < updates; i++ {
 			name := fmt.Sprint("busy ", i)
-			_, err := l.UpdateToken(ctx, owner, res.Token.ID(), domain.UpdateToken{Name: &name}, "")
+			_, err := l.UpdateToken(ctx, owner, id, domain.UpdateToken{Name: &name}, "")
 			switch {
 			case err == nil:
 				updated++
@@ -105,57 +241,58 @@ func TestEveryReuseIsOneEventWhileCommandsRace(t *testing.T) {
 		}
 	}()
 	wg.Wait()
-	st := awaitRecorded(t, l, attempts)
-	if st.Queued != attempts || st.Recorded != attempts || st.Dropped != 0 {
-		t.Fatalf("stats %+v, want %d queued and recorded", st, attempts)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
 	}
-	events := reuses(t, store, "acme", res.Token.ID())
-	seen := map[string]bool{}
+	st := l.ReuseStats()
+	if st.Tries != attempts || st.RecordedTries != attempts || st.Dropped != 0 || st.Failed != 0 {
+		t.Fatalf("stats %+v, want %d tries recorded", st, attempts)
+	}
+	events := reuses(t, store, "acme", id)
 	for _, e := range events {
-		seen[e.Actor.RequestID] = true
-		if e.Actor.TokenID != domain.SystemActor || e.Actor.SourceIP != "192.0.2.7" || e.Data != (domain.ReuseDetectedData{Fingerprint: domain.Fingerprint(old)}) {
+		if e.Actor.TokenID != domain.SystemActor || e.Actor.SourceIP != "192.0.2.7" || e.Data.(domain.ReuseDetectedData).Fingerprint != domain.Fingerprint(old) {
 			t.Fatalf("event %+v", e)
 		}
 	}
-	if len(events) != attempts || len(seen) != attempts {
-		t.Fatalf("%d TokenReuseDetected events from %d requests, for %d attempts", len(events), len(seen), attempts)
+	if total, _ := tries(events); total != attempts || uint64(len(events)) != st.Recorded {
+		t.Fatalf("%d events standing for %d tries (stats %+v), for %d attempts", len(events), total, st, attempts)
 	}
 }
 
-// With a queue of one and a burst of attempts, reports are dropped rather
-// than wait, and counted; each one taken is still exactly one event.
-func TestAFullQueueDropsAndCountsRatherThanWaits(t *testing.T) {
+// With one slot, the tries of a second token (or source) are dropped and
+// counted rather than waited for; the first one's are all recorded.
+func TestWhenEverySlotIsTakenTriesAreDroppedAndCounted(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
-	l, store, owner := newLedger(t, clk, app.WithReuseQueue(1))
-	t.Cleanup(func() { _ = l.Close() })
-	ctx := context.Background()
-	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "w"}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.RotateToken(ctx, owner, res.Token.ID(), ""); err != nil {
-		t.Fatal(err)
-	}
+	l, store, owner := newLedger(t, clk, app.WithReuseSlots(1))
+	a, oldA := rotatedAway(t, l, owner, "a")
+	b, oldB := rotatedAway(t, l, owner, "b")
 	const burst = 500
 	for range burst {
-		if _, err := l.Authenticate(res.Secret.Reveal(), app.Source{}); !errors.Is(err, app.ErrUnauthenticated) {
+		if _, err := l.Authenticate(oldA, app.Source{SourceIP: "192.0.2.1"}); !errors.Is(err, app.ErrUnauthenticated) {
 			t.Fatal(err)
 		}
+		_, _ = l.Authenticate(oldA, app.Source{SourceIP: "192.0.2.2"})
+		_, _ = l.Authenticate(oldB, app.Source{SourceIP: "192.0.2.1"})
 	}
-	st := l.ReuseStats()
-	if st.Queued+st.Dropped != burst || st.Dropped == 0 {
-		t.Fatalf("after a burst of %d: %+v; want some dropped, and every attempt queued or dropped", burst, st)
-	}
-	awaitRecorded(t, l, st.Queued)
-	if err := l.CatchUp(ctx); err != nil {
+	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(reuses(t, store, "acme", res.Token.ID())); uint64(n) != st.Queued {
-		t.Fatalf("%d events for %d queued reports", n, st.Queued)
+	st := l.ReuseStats()
+	if st.Tries != 3*burst || st.RecordedTries != burst || st.Dropped != 2*burst {
+		t.Fatalf("stats %+v; want %d tries, %d recorded and %d dropped", st, 3*burst, burst, 2*burst)
+	}
+	if err := l.CatchUp(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if total, _ := tries(reuses(t, store, "acme", a.Token.ID())); total != burst {
+		t.Fatalf("%d tries recorded on a, want %d", total, burst)
+	}
+	if n := len(reuses(t, store, "acme", b.Token.ID())); n != 0 {
+		t.Fatalf("%d events on b, whose tries found no slot", n)
 	}
 }
 
-// Close writes what is queued, then refuses (and counts) new reports; the
+// Close writes what is counted, then refuses (and counts) new tries; the
 // ledger still answers a rotated-away secret with 401.
 func TestCloseStopsTheReuseWriterCleanly(t *testing.T) {
 	clk := &clock{now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
@@ -165,28 +302,22 @@ func TestCloseStopsTheReuseWriterCleanly(t *testing.T) {
 	}
 	l, store, owner = newLedger(t, clk)
 	ctx := context.Background()
-	res, err := l.CreateToken(ctx, owner, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "w"}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.RotateToken(ctx, owner, res.Token.ID(), ""); err != nil {
-		t.Fatal(err)
-	}
+	rot, old := rotatedAway(t, l, owner, "w")
 	for range 5 {
-		_, _ = l.Authenticate(res.Secret.Reveal(), app.Source{})
+		_, _ = l.Authenticate(old, app.Source{})
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	st := l.ReuseStats()
-	if st.Queued != 5 || st.Recorded != 5 {
-		t.Fatalf("after Close: %+v; want the 5 queued reports recorded", st)
+	if st.Tries != 5 || st.RecordedTries != 5 || st.Pending != 0 {
+		t.Fatalf("after Close: %+v; want the 5 tries recorded", st)
 	}
-	if _, err := l.Authenticate(res.Secret.Reveal(), app.Source{}); !errors.Is(err, app.ErrUnauthenticated) {
+	if _, err := l.Authenticate(old, app.Source{}); !errors.Is(err, app.ErrUnauthenticated) {
 		t.Fatalf("a rotated-away secret after Close: %v", err)
 	}
-	if got := l.ReuseStats(); got.Dropped != 1 || got.Queued != 5 {
-		t.Fatalf("a report after Close: %+v; want it dropped", got)
+	if got := l.ReuseStats(); got.Dropped != 1 || got.RecordedTries != 5 {
+		t.Fatalf("a try after Close: %+v; want it dropped", got)
 	}
 	if err := l.Close(); err != nil { // twice is fine
 		t.Fatal(err)
@@ -194,8 +325,9 @@ func TestCloseStopsTheReuseWriterCleanly(t *testing.T) {
 	if err := l.CatchUp(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(reuses(t, store, "acme", res.Token.ID())); n != 5 {
-		t.Fatalf("%d events, want 5", n)
+	events := reuses(t, store, "acme", rot.Token.ID())
+	if total, _ := tries(events); total != 5 || len(events) > 2 {
+		t.Fatalf("%d events standing for %d tries; want at most 2 for 5", len(events), total)
 	}
 }
 

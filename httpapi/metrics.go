@@ -51,13 +51,32 @@ func (m *metrics) request(status int) {
 	m.requests[status].Add(1)
 }
 
-// serveMetrics answers GET /metrics without a token: it shows counters only,
-// no id, path, rule or secret (see the README's "Metrics").
+// serveMetrics answers GET /metrics on the API's address, without a token:
+// the aggregate series only, which move alike for every bad secret (see
+// writeMetrics). No id, path, rule or secret (see the README's "Metrics").
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	s.writeMetrics(w, false)
+}
+
+// OperatorMetrics is the handler for the operator's metrics address (`ledger
+// serve --metrics-listen`, loopback by default): GET /metrics with every
+// series of the API's /metrics and the reuse detector's. Those tell a
+// rotated-away secret from an unknown one (only the first moves them), so
+// they are not served where anyone holding a leaked secret can read them.
+func (s *Server) OperatorMetrics() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { s.writeMetrics(w, true) })
+	return mux
+}
+
+// writeMetrics writes the counters in Prometheus' text format: the public
+// series, and with operator the reuse detector's too.
+func (s *Server) writeMetrics(w http.ResponseWriter, operator bool) {
 	var b bytes.Buffer
-	counter := func(name, help string) {
-		b.WriteString("# HELP " + name + " " + help + "\n# TYPE " + name + " counter\n")
+	help := func(name, kind, text string) {
+		b.WriteString("# HELP " + name + " " + text + "\n# TYPE " + name + " " + kind + "\n")
 	}
+	counter := func(name, text string) { help(name, "counter", text) }
 	value := func(name, labels string, v uint64) {
 		b.WriteString(name)
 		if labels != "" {
@@ -76,21 +95,27 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	value("tokenledger_auth_failures_total", "", s.metrics.authFailures.Load())
 	counter("tokenledger_auth_rate_limited_total", "Requests refused with 429, before their token was looked at, because their source address used up its failed-authentication budget.")
 	value("tokenledger_auth_rate_limited_total", "", s.metrics.rateLimited.Load())
-	b.WriteString("# HELP tokenledger_auth_rate_limit_sources Source addresses (IPv6: /64 networks) whose failed-authentication budget is being tracked.\n# TYPE tokenledger_auth_rate_limit_sources gauge\n")
+	help("tokenledger_auth_rate_limit_sources", "gauge", "Source addresses (IPv6: /64 networks) whose failed-authentication budget is being tracked.")
 	value("tokenledger_auth_rate_limit_sources", "", uint64(s.limiter.sources()))
 	counter("tokenledger_forbidden_total", "Requests refused with 403, by the operation the route performs.")
 	for op := range numOperations {
 		value("tokenledger_forbidden_total", `operation="`+op.String()+`"`, s.metrics.forbidden[op].Load())
 	}
-	reuse := s.ledger.ReuseStats()
-	counter("tokenledger_reuse_detected_total", "Rotated-away secrets presented again: recorded, being recorded, dropped or failed.")
-	value("tokenledger_reuse_detected_total", "", reuse.Queued+reuse.Dropped)
-	counter("tokenledger_reuse_recorded_total", "TokenReuseDetected events stored.")
-	value("tokenledger_reuse_recorded_total", "", reuse.Recorded)
-	counter("tokenledger_reuse_dropped_total", "Reuses not recorded because the recording queue was full (or the ledger closing).")
-	value("tokenledger_reuse_dropped_total", "", reuse.Dropped)
-	counter("tokenledger_reuse_failed_total", "Reuses whose event could not be stored through every retry.")
-	value("tokenledger_reuse_failed_total", "", reuse.Failed)
+	if operator {
+		reuse := s.ledger.ReuseStats()
+		counter("tokenledger_reuse_detected_total", "Rotated-away secrets presented again (each try).")
+		value("tokenledger_reuse_detected_total", "", reuse.Tries)
+		counter("tokenledger_reuse_recorded_total", "TokenReuseDetected events stored (each stands for one or more tries).")
+		value("tokenledger_reuse_recorded_total", "", reuse.Recorded)
+		counter("tokenledger_reuse_recorded_tries_total", "Tries the stored TokenReuseDetected events stand for (the sum of their counts).")
+		value("tokenledger_reuse_recorded_tries_total", "", reuse.RecordedTries)
+		help("tokenledger_reuse_pending", "gauge", "Tries counted and not yet in a stored event: they go into the next event of their token and source.")
+		value("tokenledger_reuse_pending", "", reuse.Pending)
+		counter("tokenledger_reuse_dropped_total", "Tries not recorded because every token-and-source slot was taken (or the ledger was closing).")
+		value("tokenledger_reuse_dropped_total", "", reuse.Dropped)
+		counter("tokenledger_reuse_failed_total", "TokenReuseDetected events that could not be stored through every retry.")
+		value("tokenledger_reuse_failed_total", "", reuse.Failed)
+	}
 
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")

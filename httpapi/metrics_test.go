@@ -3,8 +3,12 @@ package httpapi_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
+	"maps"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +105,7 @@ func TestMetricsAreValidPrometheusTextAndHoldNoSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := h.limitedServer(httpapi.WithFailureLimit(2, time.Minute))
+	l, api := h.metricsServer(httpapi.WithFailureLimit(2, time.Minute))
 
 	// A little of everything: 200, 404, 403, 401 (one a reused rotated-away
 	// secret), 429.
@@ -130,27 +134,118 @@ func TestMetricsAreValidPrometheusTextAndHoldNoSecret(t *testing.T) {
 		"tokenledger_auth_rate_limited_total 1",
 		`tokenledger_forbidden_total{operation="delete"} 1`,
 		"tokenledger_auth_rate_limit_sources 1",
-		"tokenledger_reuse_detected_total 1",
 	} {
 		if !strings.Contains(string(body), want+"\n") {
 			t.Fatalf("/metrics lacks %q:\n%s", want, body)
 		}
 	}
-	for _, s := range []string{h.owner, member.Secret, ws.Secret, rot.Secret} {
-		sum := sha256.Sum256([]byte(s))
-		for _, bad := range []string{s, hex.EncodeToString(sum[:]), s[:12]} {
-			if strings.Contains(string(body), bad) {
-				t.Fatal("/metrics holds a secret or its hash")
+	// The reuse detector's series tell a rotated-away secret from an
+	// unknown one: only the operator's address serves them, with the rest.
+	if strings.Contains(string(body), "reuse") {
+		t.Fatalf("the API's /metrics holds reuse series:\n%s", body)
+	}
+	op := operatorMetrics(t, api)
+	checkExposition(t, op)
+	if !strings.Contains(op, "tokenledger_reuse_detected_total 1\n") || !strings.Contains(op, `tokenledger_forbidden_total{operation="delete"} 1`+"\n") {
+		t.Fatalf("the operator's /metrics lacks the reuse or the API series:\n%s", op)
+	}
+	for _, exposed := range []string{string(body), op} {
+		for _, s := range []string{h.owner, member.Secret, ws.Secret, rot.Secret} {
+			sum := sha256.Sum256([]byte(s))
+			for _, bad := range []string{s, hex.EncodeToString(sum[:]), s[:12]} {
+				if strings.Contains(exposed, bad) {
+					t.Fatal("/metrics holds a secret or its hash")
+				}
 			}
 		}
-	}
-	for _, id := range []string{h.ownerID, member.ID, ws.ID, "ws1", "tok_"} {
-		if strings.Contains(string(body), id) {
-			t.Fatalf("/metrics holds an id (%s): labels come from fixed sets only", id)
+		for _, id := range []string{h.ownerID, member.ID, ws.ID, "ws1", "tok_"} {
+			if strings.Contains(exposed, id) {
+				t.Fatalf("/metrics holds an id (%s): labels come from fixed sets only", id)
+			}
 		}
 	}
 	if s, hdr, _ := l.do("POST", "/metrics", "", "", nil); s != 405 || hdr.Get("Allow") != "GET" {
 		t.Fatalf("POST /metrics: %d Allow %q", s, hdr.Get("Allow"))
+	}
+}
+
+// metricsServer is limitedServer, with the server itself for its operator
+// handler.
+func (h *harness) metricsServer(opts ...httpapi.ServerOption) (*limited, *httpapi.Server) {
+	h.t.Helper()
+	l := &limited{t: h.t, logs: &lockedBuffer{}}
+	l.clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	opts = append([]httpapi.ServerOption{httpapi.WithServerClock(func() time.Time { return time.Unix(0, l.clock.Load()) })}, opts...)
+	api := httpapi.NewServer(h.ledger, slog.New(slog.NewTextHandler(l.logs, nil)), nil, opts...)
+	srv := httptest.NewServer(api)
+	h.t.Cleanup(srv.Close)
+	l.url = srv.URL
+	return l, api
+}
+
+// operatorMetrics reads GET /metrics from the server's operator handler
+// (what `ledger serve --metrics-listen` serves).
+func operatorMetrics(t *testing.T, api *httpapi.Server) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	api.OperatorMetrics().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Fatalf("operator GET /metrics: %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	return rec.Body.String()
+}
+
+// Issue 16: the public /metrics moved tokenledger_reuse_detected_total for
+// a rotated-away secret only, telling whoever held a leaked secret that it
+// was real. Every series the API's address serves now moves alike for a
+// rotated-away and a never-issued secret.
+func TestPublicMetricsMoveAlikeForARotatedAwayAndAnUnknownSecret(t *testing.T) {
+	h := newHarness(t)
+	ws := h.create(httpapi.CreateRequest{Scope: "workspace", WorkspaceID: "ws1", Name: "ws"})
+	if _, err := h.client(h.owner).RotateToken(ctxT(t), ws.ID); err != nil {
+		t.Fatal(err)
+	}
+	l := h.limitedServer(httpapi.WithFailureLimit(0, 0))
+	samples := func() map[string]string {
+		t.Helper()
+		_, _, body := l.get("/metrics", "", "")
+		out := map[string]string{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if m := sampleLine.FindStringSubmatch(line); m != nil {
+				out[m[1]+m[2]] = m[3]
+			}
+		}
+		return out
+	}
+	unknown := neverIssued(t)
+	// Each kind once, then again, so that a count moving from 0 to 1
+	// compares with one moving from 1 to 2 only by how much it moved.
+	var diffs [2][]map[string]string
+	for round := range 3 {
+		for k, secret := range []string{ws.Secret, unknown} {
+			before := samples()
+			if s, _, _ := l.get("/v1/tokens", secret, ""); s != 401 {
+				t.Fatalf("bad secret: %d", s)
+			}
+			after := samples()
+			if round == 0 {
+				continue // first moves: new series appear
+			}
+			d := map[string]string{}
+			for key, v := range after {
+				if before[key] != v {
+					a, _ := strconv.Atoi(v)
+					b, _ := strconv.Atoi(before[key])
+					d[key] = strconv.Itoa(a - b)
+				}
+			}
+			diffs[k] = append(diffs[k], d)
+		}
+	}
+	for i := range diffs[0] {
+		if !maps.Equal(diffs[0][i], diffs[1][i]) {
+			t.Fatalf("the API's /metrics moves differently: rotated-away secret %v, unknown secret %v", diffs[0][i], diffs[1][i])
+		}
 	}
 }
 
