@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,10 @@ type serveOptions struct {
 	// natsSync is when the embedded server fsyncs ("always" or a duration;
 	// empty: the server's default, every two minutes).
 	natsSync string
+	// metricsListen is the operator's metrics address: every series,
+	// those that tell a rotated-away secret from an unknown one included
+	// (empty: not served).
+	metricsListen string
 }
 
 func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
@@ -83,6 +88,9 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			}
 			if o.authFailureBurst < 0 || o.authFailureInterval < 0 {
 				return usageError{errors.New("--auth-failure-burst and --auth-failure-interval cannot be negative")}
+			}
+			if err := checkMetricsListen(o.metricsListen, o.httpAddr); err != nil {
+				return usageError{err}
 			}
 			log := slog.New(slog.NewTextHandler(stderr, nil))
 			n, err := startLedger(cmd.Context(), o, log)
@@ -118,12 +126,40 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 	f.DurationVar(&o.authFailureInterval, "auth-failure-interval", httpapi.DefaultFailureInterval, "after the burst, a source earns one more attempt every this long")
 	f.StringSliceVar(&o.trustedProxies, "trusted-proxy", nil, "CIDR or address of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: trust none, the source is the TCP peer)")
 	f.BoolVar(&o.memory, "memory-storage", false, "keep the stream in memory (tests and benchmarks only: nothing survives a restart)")
+	f.StringVar(&o.metricsListen, "metrics-listen", defaultMetricsListen, `operator address for GET /metrics with every series, the reuse detector's included, which the API's /metrics leaves out because they tell a rotated-away secret from an unknown one; keep it private ("": not served)`)
 	return cmd
+}
+
+// defaultMetricsListen is loopback, and not 9090: a Prometheus scraping a
+// loopback address runs on the same host, and 9090 is its own port.
+const defaultMetricsListen = "127.0.0.1:9464"
+
+// checkMetricsListen accepts "" or a host:port (the host may be empty: every
+// interface) other than the API's.
+func checkMetricsListen(addr, httpAddr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen %q: want host:port, such as %s", addr, defaultMetricsListen)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("--metrics-listen %q: the port must be a number from 0 to 65535", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("--metrics-listen %q: the host must be an IP address or localhost", addr)
+	}
+	if addr == httpAddr && port != "0" {
+		return fmt.Errorf("--metrics-listen %q is the API's address (--http): the operator's metrics need one of their own", addr)
+	}
+	return nil
 }
 
 // node is a running ledger.
 type node struct {
 	httpAddr      string
+	metricsAddr   string // "" when not served
 	natsClientURL string
 	bootstrapPath string
 	close         func() error
@@ -312,6 +348,33 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	})
+	if o.metricsListen != "" {
+		mln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
+		}
+		n.metricsAddr = mln.Addr().String()
+		msrv := &http.Server{
+			Handler:           api.OperatorMetrics(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		go func() {
+			if err := msrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("operator metrics server stopped", "error", err)
+			}
+		}()
+		closers = append(closers, func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = msrv.Shutdown(sctx)
+		})
+		log.Info("operator metrics serving", "metrics", "http://"+n.metricsAddr+"/metrics")
+	}
 	log.Info("ledger serving", "http", n.httpAddr, "nats", n.natsClientURL)
 	n.close = func() error { closeAll(); return nil }
 	return n, nil
