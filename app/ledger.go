@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"sync"
 	"time"
 
@@ -534,29 +533,29 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, opts []C
 	}
 	for attempt := 1; ; attempt++ {
 		res, err := l.decideAndAppend(ctx, c, op, tok, last, env, decide)
-		// A caller that named the version wants no other: even a
-		// TokenReuseDetected in between is a conflict for it.
-		if !errors.Is(err, domain.ErrConflict) || attempt == maxReuseRetries || o.version != 0 {
+		if !errors.Is(err, domain.ErrConflict) || attempt == maxReuseRetries {
 			return res, err
 		}
 		// A TokenReuseDetected (the ledger's own record of an old secret
 		// presented again) moves a token's version without changing it. A
 		// command that lost the race only to such events is decided again
-		// on the token as it now stands; one that lost to a real change
-		// stays a conflict, for its caller to judge.
+		// on the token as it now stands, a conditional one too (the token
+		// is still as it was at the version its caller named); one that
+		// lost to a real change stays a conflict, for its caller to judge.
 		if err := l.catchUp(ctx); err != nil {
 			return Result{}, err
 		}
 		fresh, freshLast, ferr := l.get(c, id)
-		if ferr != nil || !sameButVersion(tok, fresh) {
+		if ferr != nil || !fresh.UnchangedSince(tok.Version()) {
 			return res, err
 		}
 		tok, last = fresh, freshLast
 	}
 }
 
-// atVersion returns the token (and its last sequence) if it is at version
-// want, and ErrConflict if not. A caller may have read a version this view
+// atVersion returns the token (and its last sequence) if it is as it was at
+// version want (at it, or moved on by reuse events alone), and ErrConflict
+// if not. A caller may have read a version this view
 // has not reached yet (from another ledger, say): the view catches up before
 // the version is judged.
 func (l *Ledger) atVersion(ctx context.Context, c Caller, id string, tok *domain.Token, last, want uint64) (*domain.Token, uint64, error) {
@@ -569,8 +568,12 @@ func (l *Ledger) atVersion(ctx context.Context, c Caller, id string, tok *domain
 			return nil, 0, err
 		}
 	}
-	if tok.Version() != want {
-		return nil, 0, fmt.Errorf("token %s is at version %d, not %d: %w", id, tok.Version(), want, domain.ErrConflict)
+	// Reuse events since want changed nothing about the token: the command
+	// applies to it as it stands, and is appended on its real head (the
+	// store's expected last sequence is the token's last event, reuse
+	// events included).
+	if !tok.UnchangedSince(want) {
+		return nil, 0, fmt.Errorf("token %s is at version %d, changed at %d, not %d: %w", id, tok.Version(), tok.ChangedVersion(), want, domain.ErrConflict)
 	}
 	return tok, last, nil
 }
@@ -579,14 +582,6 @@ func (l *Ledger) atVersion(ctx context.Context, c Caller, id string, tok *domain
 // the race to TokenReuseDetected events alone (a burst of old-secret
 // attempts; the failed-authentication limit bounds how long one lasts).
 const maxReuseRetries = 10
-
-// sameButVersion: b is a, moved on only by events that change nothing but
-// its version and chain.
-func sameButVersion(a, b *domain.Token) bool {
-	sa, sb := a.State(), b.State()
-	sa.Version, sa.ChainHead, sb.Version, sb.ChainHead = 0, domain.EventHash{}, 0, domain.EventHash{}
-	return reflect.DeepEqual(sa, sb)
-}
 
 // decideAndAppend decides the command on tok (stored up to stream sequence
 // last) and appends its event.
