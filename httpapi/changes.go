@@ -63,6 +63,10 @@ func Changes(e HistoryEvent) string {
 		add("deleted")
 	case "TokenReuseDetected":
 		add("rotated-away secret %s presented again", fp("fingerprint"))
+		// One event may stand for several tries (data.count, absent: one).
+		if n := count(d["count"]); n > 1 {
+			parts[0] = fmt.Sprintf("rotated-away secret %s presented %d times", fp("fingerprint"), n)
+		}
 		if ip := e.SourceIP; ip != "" {
 			parts[0] += " from " + ip
 		}
@@ -82,4 +86,20 @@ func clipText(s string) string {
 		return string(r[:40]) + "…"
 	}
 	return s
+}
+
+// count reads a JSON number that is a count, as decoded from an answer
+// (float64) or as the ledger built it.
+func count(v any) int {
+	switch n := v.(type) {
+	case float64:
+		return int(n)
+	case int:
+		return n
+	case int64:
+		return int(n)
+	case uint64:
+		return int(n)
+	}
+	return 0
 }
