@@ -30,7 +30,7 @@ func TestAServiceReadsItsOrganizationWithItsToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%+v", id)
-	js, _ := jetstream.New(nc)
+	js, _ := natsaccess.JetStream(nc)
 	c, err := js.CreateOrUpdateConsumer(ctx(t), "TOKENS", jetstream.ConsumerConfig{Name: id.Consumers[0], FilterSubject: id.Filter, AckPolicy: jetstream.AckExplicitPolicy})
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,7 @@ func connectAttacker(t *testing.T, url string, opts ...nats.Option) (*attacker, 
 	}
 	t.Cleanup(nc.Close)
 	a.nc = nc
-	a.js, _ = jetstream.New(nc)
+	a.js, _ = natsaccess.JetStream(nc)
 	return a, nil
 }
 
@@ -180,18 +180,19 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 				c, cancel := short()
 				_, _ = x.js.UpdateConsumer(c, "TOKENS", upd)
 				cancel()
-				x.refused("update the ledger's consumer", "$JS.API.CONSUMER.CREATE.TOKENS."+name, func() {})
+				x.refused("update the ledger's consumer", natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+name, func() {})
 				x.refused("delete the ledger's consumer", "$JS.API.CONSUMER.DELETE.TOKENS."+name, func() { _ = x.nc.Publish("$JS.API.CONSUMER.DELETE.TOKENS."+name, nil) })
 				x.refused("pause the ledger's consumer", "$JS.API.CONSUMER.PAUSE.TOKENS."+name, func() { _ = x.nc.Publish("$JS.API.CONSUMER.PAUSE.TOKENS."+name, []byte(`{}`)) })
 				x.refused("read from the ledger's consumer", "$JS.API.CONSUMER.MSG.NEXT.TOKENS."+name, func() { _ = x.nc.Publish("$JS.API.CONSUMER.MSG.NEXT.TOKENS."+name, []byte(`{"batch":1}`)) })
 			}
 			// Service A's durable: rewrite its inactive threshold, delete it.
-			x.refused("update another service's durable", "$JS.API.CONSUMER.CREATE.TOKENS."+durableName, func() {
+			x.refused("update another service's durable", natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+durableName, func() {
 				c, cancel := short()
 				defer cancel()
 				_, _ = x.js.CreateOrUpdateConsumer(c, "TOKENS", jetstream.ConsumerConfig{Durable: durableName, FilterSubject: idA.Filter, InactiveThreshold: time.Second})
 			})
 			x.refused("delete another service's durable", "$JS.API.CONSUMER.DELETE.TOKENS."+durableName, func() { _ = x.nc.Publish("$JS.API.CONSUMER.DELETE.TOKENS."+durableName, nil) })
+			x.refused("delete another service's durable through the services' API", natsaccess.APIPrefix+".CONSUMER.DELETE.TOKENS."+durableName, func() { _ = x.nc.Publish(natsaccess.APIPrefix+".CONSUMER.DELETE.TOKENS."+durableName, nil) })
 			// List the consumers or the stream's state, reach the ledger's
 			// API through the mirror's import, forge events, drop the stream.
 			for _, subj := range []string{"$JS.API.CONSUMER.NAMES.TOKENS", "$JS.API.CONSUMER.LIST.TOKENS", "$JS.API.STREAM.INFO.TOKENS", "$JS.API.STREAM.DELETE.TOKENS",
@@ -199,7 +200,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 				x.refused("publish "+subj, subj, func() { _ = x.nc.Publish(subj, []byte(`{}`)) })
 			}
 			// Unlimited consumers: a name outside its own is refused.
-			x.refused("a consumer of a name not its own", "$JS.API.CONSUMER.CREATE.TOKENS.mine-0", func() {
+			x.refused("a consumer of a name not its own", natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS.mine-0", func() {
 				c, cancel := short()
 				defer cancel()
 				_, _ = x.js.CreateConsumer(c, "TOKENS", jetstream.ConsumerConfig{Name: "mine-0", FilterSubject: "ledger.tokens.globex.>"})
@@ -226,13 +227,13 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 		if err != nil {
 			t.Fatal(err)
 		}
-		x.refused(who, "$JS.API.CONSUMER.CREATE.TOKENS."+id.Consumers[0]+"."+c.filter, func() {
+		x.refused(who, natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+id.Consumers[0]+"."+c.filter, func() {
 			cc, cancel := short()
 			defer cancel()
 			_, _ = x.js.CreateConsumer(cc, "TOKENS", jetstream.ConsumerConfig{Name: id.Consumers[0], FilterSubject: c.filter})
 		})
 		// Several filters put none in the subject: refused too.
-		x.refused(who+" with two filters", "$JS.API.CONSUMER.CREATE.TOKENS."+id.Consumers[0], func() {
+		x.refused(who+" with two filters", natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+id.Consumers[0], func() {
 			cc, cancel := short()
 			defer cancel()
 			_, _ = x.js.CreateConsumer(cc, "TOKENS", jetstream.ConsumerConfig{Name: id.Consumers[0], FilterSubjects: []string{id.Filter, c.filter}})
@@ -392,7 +393,6 @@ func read(t *testing.T, js jetstream.JetStream, id natsaccess.Identity) []string
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = js.DeleteConsumer(context.Background(), "TOKENS", c.CachedInfo().Name) }()
 	var subjects []string
 	pending := int(c.CachedInfo().NumPending)
 	for len(subjects) < pending {

@@ -139,9 +139,19 @@ func identityOf(tokenID string, allow []string) (Identity, error) {
 	return id, nil
 }
 
+// APIPrefix is the JetStream API prefix of a service's connection: its
+// consumers are in another account (see ServerConfig), reached through
+// imports under this prefix. JetStream gives a service's JetStream object.
+const APIPrefix = "$JS.SVC.API"
+
+// JetStream is JetStream for a service's connection (nc made with Options).
+func JetStream(nc *nats.Conn) (jetstream.JetStream, error) {
+	return jetstream.NewWithAPIPrefix(nc, APIPrefix)
+}
+
 // The JetStream API subjects a service's permissions are made of.
 const (
-	createPrefix = "$JS.API.CONSUMER.CREATE."
+	createPrefix = APIPrefix + ".CONSUMER.CREATE."
 	userInfo     = "$SYS.REQ.USER.INFO"
 )
 
@@ -155,7 +165,10 @@ const MetadataDurable = "tokenledger_durable"
 // empty durable takes a free name for a one-off read: give cfg an
 // InactiveThreshold (or delete it after) so the name comes free again.
 // cfg's Name, Durable and Metadata[MetadataDurable] are set here; its
-// filter must be a single FilterSubject within id.Filter.
+// filter must be a single FilterSubject within id.Filter. js must be
+// JetStream(nc). Services cannot delete consumers: a durable keeps its name
+// until the ledger removes it (its token gone), a one-off one is removed by
+// its InactiveThreshold.
 func ClaimConsumer(ctx context.Context, js jetstream.JetStream, stream string, id Identity, durable string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	if len(cfg.FilterSubjects) > 0 {
 		return nil, errors.New("a service's consumer takes one FilterSubject: the server checks it against what the token may read")

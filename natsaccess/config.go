@@ -17,10 +17,12 @@ import (
 const (
 	LedgerAccount   = "LEDGER"
 	ServicesAccount = "SERVICES"
-	SystemAccount   = "SYS"
-	LedgerUser      = "ledger"
-	SystemUser      = "ledger-sys"
-	RouteUser       = "ledger-route"
+	// MirrorAccount holds the services' mirror and their consumers.
+	MirrorAccount = "MIRROR"
+	SystemAccount = "SYS"
+	LedgerUser    = "ledger"
+	SystemUser    = "ledger-sys"
+	RouteUser     = "ledger-route"
 	// ServicesAPIPrefix is where the ledger reaches the services' JetStream
 	// API (to keep their mirror), and LedgerAPIPrefix where the mirror
 	// reaches the ledger's (to read the stream).
@@ -214,28 +216,52 @@ accounts {
     exports: [
       # What the services' mirror needs to read the stream: creating its
       # (unnamed) consumer, flow control, and the deliveries.
-      {service: "$JS.API.CONSUMER.CREATE.{{STREAM}}", accounts: [SERVICES]}
-      {service: "$JS.FC.{{STREAM}}.>", accounts: [SERVICES]}
-      {stream: "tokenledger.mirror.{{STREAM}}.>", accounts: [SERVICES]}
+      {service: "$JS.API.CONSUMER.CREATE.{{STREAM}}", accounts: [MIRROR]}
+      {service: "$JS.FC.{{STREAM}}.>", accounts: [MIRROR]}
+      {stream: "tokenledger.mirror.{{STREAM}}.>", accounts: [MIRROR]}
     ]
     imports: [
       # The ledger keeps the services' mirror through their JetStream API.
-      {service: {account: SERVICES, subject: "$JS.API.>"}, to: "$JS.SERVICES.API.>"}
+      {service: {account: MIRROR, subject: "$JS.API.>"}, to: "$JS.SERVICES.API.>"}
     ]
   }
 
-  # The services: a read-only mirror of the stream and their consumers.
-  # Nobody logs in here with a password: every connection comes through
-  # the ledger's callout, with permissions from its token.
-  SERVICES {
+  # The services' mirror of the stream and their consumers. Nobody logs in
+  # here: services reach their consumers only through the four imports of
+  # SERVICES below (create with a filter, info, next, ack; no delete), and
+  # the ledger keeps the mirror through LEDGER's import. The server answers
+  # a pull request to whatever reply subject a service named, from inside
+  # the account it was made in: were the consumers in SERVICES, a reply
+  # subject of $JS.API.STREAM.DELETE.<stream> would delete the mirror.
+  MIRROR {
     jetstream: {max_mem: 64M, max_file: -1, max_streams: 1, max_consumers: {{SERVICES_MAX_CONSUMERS}}}
     exports: [
       {service: "$JS.API.>", accounts: [LEDGER]}
+      {service: "$JS.API.CONSUMER.CREATE.{{STREAM}}.*.>", accounts: [SERVICES]}
+      {service: "$JS.API.CONSUMER.INFO.{{STREAM}}.*", accounts: [SERVICES]}
+      {service: "$JS.API.CONSUMER.MSG.NEXT.{{STREAM}}.*", accounts: [SERVICES], response_type: stream}
+      {service: "$JS.ACK.{{STREAM}}.>", accounts: [SERVICES]}
     ]
     imports: [
       {service: {account: LEDGER, subject: "$JS.API.CONSUMER.CREATE.{{STREAM}}"}, to: "$JS.LEDGER.API.CONSUMER.CREATE.{{STREAM}}"}
       {service: {account: LEDGER, subject: "$JS.FC.{{STREAM}}.>"}}
       {stream: {account: LEDGER, subject: "tokenledger.mirror.{{STREAM}}.>"}}
+    ]
+  }
+
+  # The services. Nobody logs in here with a password: every connection
+  # comes through the ledger's callout, with permissions from its token.
+  # No JetStream of its own: what it may do with its consumers is what it
+  # imports from MIRROR, and its permissions narrow that to the token's.
+  # Services use the API prefix $JS.SVC.API (natsaccess.JetStream): their
+  # own $JS.API is the server's "JetStream not enabled" answer, which is
+  # also all a status message sent there on their behalf can reach.
+  SERVICES {
+    imports: [
+      {service: {account: MIRROR, subject: "$JS.API.CONSUMER.CREATE.{{STREAM}}.*.>"}, to: "$JS.SVC.API.CONSUMER.CREATE.{{STREAM}}.*.>"}
+      {service: {account: MIRROR, subject: "$JS.API.CONSUMER.INFO.{{STREAM}}.*"}, to: "$JS.SVC.API.CONSUMER.INFO.{{STREAM}}.*"}
+      {service: {account: MIRROR, subject: "$JS.API.CONSUMER.MSG.NEXT.{{STREAM}}.*"}, to: "$JS.SVC.API.CONSUMER.MSG.NEXT.{{STREAM}}.*"}
+      {service: {account: MIRROR, subject: "$JS.ACK.{{STREAM}}.>"}}
     ]
   }
 }

@@ -42,11 +42,12 @@ func GrantFor(t *domain.Token, secret, stream, subjectPrefix string) Grant {
 		// the permission bounds what the consumer reads. A create without
 		// a filter in its subject (several filters, or none) matches no
 		// permission here and is refused.
+		// No delete: SERVICES does not import it (see ServerConfig); a
+		// one-off consumer ends by its inactive threshold.
 		g.Publish = append(g.Publish,
 			createPrefix+stream+"."+c+"."+g.Filter,
-			"$JS.API.CONSUMER.INFO."+stream+"."+c,
-			"$JS.API.CONSUMER.DELETE."+stream+"."+c,
-			"$JS.API.CONSUMER.MSG.NEXT."+stream+"."+c,
+			APIPrefix+".CONSUMER.INFO."+stream+"."+c,
+			APIPrefix+".CONSUMER.MSG.NEXT."+stream+"."+c,
 			"$JS.ACK."+stream+"."+c+".>",
 		)
 	}

@@ -42,7 +42,7 @@ func pushTo(t *testing.T, x *attacker, id natsaccess.Identity, name, deliver str
 		"name": name, "durable_name": name, "deliver_subject": deliver, "filter_subject": id.Filter,
 		"ack_policy": "explicit", "ack_wait": int64(time.Second), "max_deliver": 1, "deliver_policy": "all", "headers_only": headersOnly,
 	}})
-	m, err := x.nc.Request(fmt.Sprintf("$JS.API.CONSUMER.CREATE.TOKENS.%s.%s", name, id.Filter), req, 2*time.Second)
+	m, err := x.nc.Request(fmt.Sprintf("%s.CONSUMER.CREATE.TOKENS.%s.%s", natsaccess.APIPrefix, name, id.Filter), req, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestAMirrorThatIsDeletedIsMadeAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(nc)
+	js, _ := natsaccess.JetStream(nc)
 	if n := len(read(t, js, id)); n != 2 {
 		t.Fatalf("after the mirror was made again a service read %d events, want 2", n)
 	}

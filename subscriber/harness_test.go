@@ -193,7 +193,7 @@ func findDurable(ctx context.Context, nc *nats.Conn, durable string) (*jetstream
 	if err != nil {
 		return nil, err
 	}
-	js, _ := jetstream.New(nc)
+	js, _ := natsaccess.JetStream(nc)
 	for _, name := range id.Consumers {
 		c, err := js.Consumer(ctx, "TOKENS", name)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -256,7 +256,7 @@ func connectWatched(t testing.TB, url, secret string) *watched {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	w.js, _ = jetstream.New(nc)
+	w.js, _ = natsaccess.JetStream(nc)
 	return w
 }
 

@@ -210,7 +210,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	}
 	connClosed := nc.StatusChanged(nats.CLOSED)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := natsaccess.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("subscriber %s: %w", s.cfg.Durable, err)
 	}

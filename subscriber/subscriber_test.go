@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/natsaccess"
 	"github.com/tokenledger/tokenledger/subscriber"
 )
 
@@ -614,15 +615,15 @@ func TestServicesWithDifferentTokensKeepTheirDurablesApart(t *testing.T) {
 		t.Fatalf("service a stopped at ack floor %d, want %d", floorA, last)
 	}
 	b2 := connectWatched(t, h.url, secretB)
-	b2.refused(t, "$JS.API.CONSUMER.INFO.TOKENS."+infoA.Name, func(ctx context.Context) error {
+	b2.refused(t, natsaccess.APIPrefix+".CONSUMER.INFO.TOKENS."+infoA.Name, func(ctx context.Context) error {
 		_, err := b2.js.Consumer(ctx, "TOKENS", infoA.Name)
 		return err
 	})
-	b2.refused(t, "$JS.API.CONSUMER.DELETE.TOKENS."+infoA.Name, func(ctx context.Context) error {
+	b2.refused(t, natsaccess.APIPrefix+".CONSUMER.DELETE.TOKENS."+infoA.Name, func(ctx context.Context) error {
 		return b2.js.DeleteConsumer(ctx, "TOKENS", infoA.Name)
 	})
 	// Nor may it make a consumer in A's name to read from A's position.
-	b2.refused(t, "$JS.API.CONSUMER.CREATE.TOKENS."+infoA.Name, func(ctx context.Context) error {
+	b2.refused(t, natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+infoA.Name, func(ctx context.Context) error {
 		_, err := b2.js.CreateOrUpdateConsumer(ctx, "TOKENS", jetstream.ConsumerConfig{Name: infoA.Name, FilterSubject: "ledger.tokens.acme.>"})
 		return err
 	})
@@ -862,11 +863,8 @@ func TestRunFailsWhenItsDurableIsDeleted(t *testing.T) {
 		s.OnAny(func(context.Context, subscriber.Event) error { return nil })
 	})
 	name := h.consumerInfo(t, "doomed").Name
-	nc, err := h.l.Service(t, h.secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
+	// The operator deletes it (services cannot).
+	js, _ := jetstream.NewWithAPIPrefix(h.l.Conns.Ledger, natsaccess.ServicesAPIPrefix)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if err := js.DeleteConsumer(ctx, "TOKENS", name); err != nil {

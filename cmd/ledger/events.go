@@ -194,7 +194,7 @@ func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 	}
 	closed := nc.StatusChanged(nats.CLOSED)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := natsaccess.JetStream(nc)
 	if err != nil {
 		return err
 	}
@@ -216,9 +216,10 @@ func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 		// again from the event after the last it had.
 		AckPolicy:     jetstream.AckNonePolicy,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
-		// If tail cannot delete it (killed, NATS away), the server does
-		// once nobody has read from it for this long.
-		InactiveThreshold: 30 * time.Second,
+		// Services cannot delete consumers (natsaccess.ClaimConsumer): the
+		// server does once nobody has read from it for this long, which
+		// frees the name for the token's next one-off read.
+		InactiveThreshold: tailInactiveThreshold,
 		MemoryStorage:     true,
 	}
 	if o.fromStart {
@@ -255,7 +256,6 @@ func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 		broken := make(chan struct{})
 		cc, err := f.consume(cons, show, broken, warn)
 		if err != nil {
-			f.remove(js, o.stream, cons)
 			return fmt.Errorf("follow stream %s: %w", o.stream, err)
 		}
 		if first {
@@ -275,7 +275,6 @@ func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 		case <-ctx.Done():
 			cc.Stop()
 			<-cc.Closed()
-			f.remove(js, o.stream, cons)
 			return nil
 		case <-closed:
 			cc.Stop()
@@ -290,7 +289,6 @@ func tail(ctx context.Context, o tailOptions, stdout, stderr io.Writer) error {
 		// a new consumer, from the event after the last tail had.
 		cc.Stop()
 		<-cc.Closed()
-		f.remove(js, o.stream, cons)
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, f.position()+1
 		for {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -366,13 +364,8 @@ func (f *follower) consume(cons jetstream.Consumer, show func(jetstream.Msg, uin
 	}))
 }
 
-// remove deletes a consumer tail is done with, so that its name is free
-// again at once; if that fails, the server removes it once inactive.
-func (f *follower) remove(js jetstream.JetStream, stream string, cons jetstream.Consumer) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = js.DeleteConsumer(ctx, stream, cons.CachedInfo().Name)
-}
+// tailInactiveThreshold is how long a consumer tail is done with stays.
+const tailInactiveThreshold = 5 * time.Second
 
 // decodeTailed reads a message's body as an event and checks it belongs on
 // its subject, as the ledger's own view does: only a writer bypassing the

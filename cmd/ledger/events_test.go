@@ -29,6 +29,12 @@ import (
 // locked-down NATS server on a random port, as a user runs it: `events tail`
 // then logs in as a service does, with an API token.
 func startLockedDown(t *testing.T) (c cli, natsURL string) {
+	c, natsURL, _ = startLockedDownNode(t)
+	return c, natsURL
+}
+
+// startLockedDownNode is startLockedDown, with the ledger itself.
+func startLockedDownNode(t *testing.T) (c cli, natsURL string, n *node) {
 	t.Helper()
 	dir := t.TempDir()
 	n, err := startLedger(context.Background(), serveOptions{
@@ -43,7 +49,7 @@ func startLockedDown(t *testing.T) (c cli, natsURL string) {
 		t.Fatal(err)
 	}
 	env := map[string]string{"LEDGER_URL": "http://" + n.httpAddr, "LEDGER_API_TOKEN": strings.TrimSpace(string(b))}
-	return cli{t: t, env: env}, n.natsClientURL
+	return cli{t: t, env: env}, n.natsClientURL, n
 }
 
 // lineSink collects what a running command writes, line by line, for a test
@@ -244,8 +250,13 @@ func TestEventsTailFollowsOnlyTheRotationsAsJSON(t *testing.T) {
 	if code := hist.end(t); code != 0 {
 		t.Fatalf("tail --from-start exit %d: %s", code, hist.err.String())
 	}
-	// Each tail read through a one-off consumer of the token, deleted when
-	// it stopped: every name is free again.
+	// Each tail read through a one-off consumer of the token, which the
+	// server removes once tail stopped reading (services cannot delete
+	// consumers): every name is free again.
+	deadline := time.Now().Add(3 * tailInactiveThreshold)
+	for len(usedConsumers(t, natsURL, c.env["LEDGER_API_TOKEN"])) != 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
 	if used := usedConsumers(t, natsURL, c.env["LEDGER_API_TOKEN"]); len(used) != 0 {
 		t.Fatalf("consumers left behind: %v", used)
 	}
@@ -266,7 +277,7 @@ func usedConsumers(t *testing.T, natsURL, secret string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(nc)
+	js, _ := natsaccess.JetStream(nc)
 	var used []string
 	for _, name := range id.Consumers {
 		_, err := js.Consumer(ctx, "TOKENS", name)
@@ -279,6 +290,26 @@ func usedConsumers(t *testing.T, natsURL, secret string) []string {
 		}
 	}
 	return used
+}
+
+// tailConsumers is usedConsumers less the ones a test read with itself.
+func tailConsumers(t *testing.T, natsURL, secret string) []string {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, natsaccess.Options(secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js, _ := natsaccess.JetStream(nc)
+	var out []string
+	for _, name := range usedConsumers(t, natsURL, secret) {
+		if c, err := js.Consumer(ctx, "TOKENS", name); err == nil && c.CachedInfo().Config.Description == "ledger events tail" {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // waitMirrored waits until the services' mirror, which follows the ledger's
@@ -297,14 +328,13 @@ func waitMirrored(t *testing.T, natsURL, secret string, seq uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(nc)
+	js, _ := natsaccess.JetStream(nc)
 	c, err := natsaccess.ClaimConsumer(ctx, js, "TOKENS", id, "", jetstream.ConsumerConfig{
 		FilterSubject: id.Filter, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq, InactiveThreshold: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = js.DeleteConsumer(context.Background(), "TOKENS", c.CachedInfo().Name) }()
 	for {
 		info, err := c.Info(ctx)
 		if err != nil {
@@ -375,7 +405,7 @@ func TestEventsTailReadsWhatItsTokenMay(t *testing.T) {
 // restart) is replaced by one that starts right after the last event tail
 // had: nothing is skipped, nothing printed twice.
 func TestEventsTailFollowsOnWhenItsConsumerIsGone(t *testing.T) {
-	c, natsURL := startLockedDown(t)
+	c, natsURL, n := startLockedDownNode(t)
 	secret := c.env["LEDGER_API_TOKEN"]
 	env := map[string]string{"LEDGER_NATS_URL": natsURL, "LEDGER_API_TOKEN": secret}
 	// New events are new to the services' mirror: once it has the
@@ -394,19 +424,14 @@ func TestEventsTailFollowsOnWhenItsConsumerIsGone(t *testing.T) {
 	}
 	a := c.createJSON("--scope", "workspace", "--workspace", "w1", "--name", "a")
 	first := seqOf(tail.out.next(t, "the first creation"))
-	used := usedConsumers(t, natsURL, secret)
+	used := tailConsumers(t, natsURL, secret)
 	if len(used) != 1 {
 		t.Fatalf("tail uses consumers %v, want one", used)
 	}
-	nc, err := nats.Connect(natsURL, natsaccess.Options(secret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	// The operator deletes it (services cannot).
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := js.DeleteConsumer(ctx, "TOKENS", used[0]); err != nil {
+	if err := n.mirrorJS.DeleteConsumer(ctx, "TOKENS", used[0]); err != nil {
 		t.Fatal(err)
 	}
 	c.ok("token", "rotate", a.ID)

@@ -162,7 +162,10 @@ type node struct {
 	metricsAddr   string // "" when not served
 	natsClientURL string
 	bootstrapPath string
-	close         func() error
+	// mirrorJS is JetStream on the services' mirror, as the ledger reaches
+	// it (tests play the operator with it).
+	mirrorJS jetstream.JetStream
+	close    func() error
 }
 
 // startLedger brings a ledger up and returns once its views have caught up
@@ -233,6 +236,10 @@ func startLedger(ctx context.Context, o serveOptions, log *slog.Logger) (*node, 
 	}
 	nc := conns.Ledger
 	closers = append(closers, conns.Close)
+	if n.mirrorJS, err = jetstream.NewWithAPIPrefix(conns.Ledger, natsaccess.ServicesAPIPrefix); err != nil {
+		closeAll()
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		closeAll()
