@@ -1,15 +1,20 @@
 // Package natsaccess decides who may do what on the NATS servers the ledger
 // runs or is configured for, and gives services what they need to connect.
 //
-// Three accounts keep the ledger's reading apart from everyone else's:
+// Four accounts keep the ledger's reading apart from everyone else's:
 //
 //   - LEDGER holds the stream (the source of truth) and the ledger's own
 //     consumers. Only the ledger logs in there, with a password.
-//   - SERVICES holds a read-only mirror of the stream, with the same name,
-//     subjects and sequences, and the services' consumers. Nobody logs in
-//     there with a password: a service presents a TokenLedger API token
-//     (nats.Token), the server asks the ledger (NATS auth callout), and the
-//     ledger answers with permissions computed from the token (Grant).
+//   - MIRROR holds a read-only mirror of the stream, with the same name,
+//     subjects and sequences, and the services' consumers. Nobody logs in.
+//   - SERVICES is where services land. Nobody logs in there with a
+//     password: a service presents a TokenLedger API token (nats.Token),
+//     the server asks the ledger (NATS auth callout), and the ledger answers
+//     with permissions computed from the token (Grant). It has no JetStream
+//     of its own, only MIRROR's consumer create, info, next and ack,
+//     imported under APIPrefix: the server answers a pull request from the
+//     consumer's account to whatever reply subject the request named, and
+//     in SERVICES no such answer can reach a JetStream API.
 //   - SYS, the servers' system account, where the ledger watches and cuts
 //     service connections whose token was rotated, deleted or changed
 //     (Revoker).
