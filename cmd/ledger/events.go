@@ -50,8 +50,8 @@ func newEventsTailCmd(stdout, stderr io.Writer, getenv func(string) string, star
 in with the token in LEDGER_API_TOKEN: an organization token reads every event
 of its organization, a workspace or deployment token only its own token's.
 It reads through a one-off consumer in one of the token's consumer names,
-deleted when it stops (or by the server 30 s after it stops reading), and
-changes nothing else. By default it shows only events written after it
+which the server removes 5 s after it stops reading, and changes nothing
+else. By default it shows only events written after it
 starts; --from-start shows the whole history first. Secret hashes are never
 printed.
 
