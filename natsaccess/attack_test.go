@@ -16,6 +16,32 @@ import (
 	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
 )
 
+// service connects as a service with secret and asks who it is.
+func service(t *testing.T, l *natsaccesstest.Ledger, secret string) (*attacker, natsaccess.Identity) {
+	t.Helper()
+	x, err := connectAttacker(t, l.URL, natsaccess.Options(secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := natsaccess.WhoAmI(ctx(t), x.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x, id
+}
+
+// withDurable is service, keeping a durable named durable as a real
+// service would.
+func withDurable(t *testing.T, l *natsaccesstest.Ledger, secret, durable string) (*attacker, natsaccess.Identity, jetstream.Consumer) {
+	t.Helper()
+	x, id := service(t, l, secret)
+	c, err := natsaccess.ClaimConsumer(ctx(t), x.js, "TOKENS", id, durable, jetstream.ConsumerConfig{FilterSubject: id.Filter, AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x, id, c
+}
+
 // eachShape runs a test against the embedded server `ledger serve` starts
 // by default and against a three-server cluster configured as `ledger nats
 // setup` writes it (the ledger on one server, services on another).
@@ -137,18 +163,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 	}
 
 	// Service A keeps a durable, as a real service would.
-	a, err := connectAttacker(t, l.URL, natsaccess.Options(memberSecret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idA, err := natsaccess.WhoAmI(ctx(t), a.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	durable, err := natsaccess.ClaimConsumer(ctx(t), a.js, "TOKENS", idA, "cache", jetstream.ConsumerConfig{FilterSubject: idA.Filter, AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, idA, durable := withDurable(t, l, memberSecret, "cache")
 	durableName := durable.CachedInfo().Name
 	theirs := ledgerConsumers(t, l)
 	if len(theirs) == 0 {
@@ -219,14 +234,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 		"workspace token reads a member": {wsSecret, "ledger.tokens.acme." + member.ID() + ".*"},
 		"member reads another org":       {otherSecret, "ledger.tokens.globex.>"},
 	} {
-		x, err := connectAttacker(t, l.URL, natsaccess.Options(c.secret)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, err := natsaccess.WhoAmI(ctx(t), x.nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		x, id := service(t, l, c.secret)
 		x.refused(who, natsaccess.APIPrefix+".CONSUMER.CREATE.TOKENS."+id.Consumers[0]+"."+c.filter, func() {
 			cc, cancel := short()
 			defer cancel()
@@ -241,14 +249,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 	}
 
 	// What may be read is read: the workspace token its own events only.
-	w, err := connectAttacker(t, l.URL, natsaccess.Options(wsSecret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wid, err := natsaccess.WhoAmI(ctx(t), w.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, wid := service(t, l, wsSecret)
 	if want := "ledger.tokens.acme." + ws.ID() + ".*"; wid.Filter != want {
 		t.Errorf("workspace token may read %q, want %q", wid.Filter, want)
 	}
@@ -256,14 +257,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 		t.Errorf("workspace token read %d events, want its own creation", n)
 	}
 	// ...and the other organization's owner only its own organization.
-	f, err := connectAttacker(t, l.URL, natsaccess.Options(foreignSecret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fid, err := natsaccess.WhoAmI(ctx(t), f.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, fid := service(t, l, foreignSecret)
 	for _, subj := range read(t, f.js, fid) {
 		if !strings.HasPrefix(subj, "ledger.tokens.globex.") {
 			t.Errorf("globex read %s", subj)
@@ -294,14 +288,7 @@ func servicesCannotTouchTheLedgersReading(t *testing.T, shape natsaccesstest.Opt
 func TestATokenHasItsOwnConsumerNamesOnly(t *testing.T) {
 	l := natsaccesstest.Start(t, natsaccesstest.Options{})
 	_, secret := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc", Role: string(domain.RoleOrganizationMember)})
-	x, err := connectAttacker(t, l.URL, natsaccess.Options(secret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := natsaccess.WhoAmI(ctx(t), x.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	x, id := service(t, l, secret)
 	for i := range natsaccess.MaxConsumers {
 		if _, err := natsaccess.ClaimConsumer(ctx(t), x.js, "TOKENS", id, "d"+string(rune('a'+i)), jetstream.ConsumerConfig{FilterSubject: id.Filter}); err != nil {
 			t.Fatalf("durable %d: %v", i, err)

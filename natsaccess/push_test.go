@@ -76,14 +76,7 @@ func TestAPushConsumerIsDeletedAndLeaksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	x, err := connectAttacker(t, l.URL, natsaccess.Options(stolenSecret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := natsaccess.WhoAmI(ctx(t), x.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	x, id := service(t, l, stolenSecret)
 	pushTo(t, x, id, id.Consumers[0], natsaccess.InboxPrefix(globex)+".acme", false)
 
 	if _, err := l.App.DeleteToken(ctx(t), l.Owner, stolen.ID(), ""); err != nil {
@@ -117,16 +110,8 @@ func TestAPushConsumerIsDeletedAndLeaksNothing(t *testing.T) {
 // delivers empty bodies to $JS.API.STREAM.DELETE.TOKENS.
 func TestAHeadersOnlyPushConsumerCannotDeleteTheMirror(t *testing.T) {
 	l := natsaccesstest.Start(t, natsaccesstest.Options{})
-	ws, wsSecret := l.Token(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "ws-svc", Role: string(domain.RoleWorkspaceMember)})
-	_ = ws
-	x, err := connectAttacker(t, l.URL, natsaccess.Options(wsSecret)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := natsaccess.WhoAmI(ctx(t), x.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, wsSecret := l.Token(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "ws-svc", Role: string(domain.RoleWorkspaceMember)})
+	x, id := service(t, l, wsSecret)
 	pushTo(t, x, id, id.Consumers[0], "$JS.API.STREAM.DELETE.TOKENS", true)
 	sjs := servicesJS(t, l)
 	deadline := time.Now().Add(5 * time.Second)

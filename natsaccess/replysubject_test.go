@@ -85,18 +85,7 @@ func TestAReplySubjectCannotDeleteAnotherServicesDurable(t *testing.T) {
 	l := natsaccesstest.Start(t, natsaccesstest.Options{})
 	_, secretA := l.Token(t, domain.CreateToken{Scope: "organization", Name: "svc-a", Role: string(domain.RoleOrganizationMember)})
 	_, secretB := l.Token(t, domain.CreateToken{Scope: "workspace", WorkspaceID: "ws1", Name: "svc-b", Role: string(domain.RoleWorkspaceMember)})
-	a, err := connectAttacker(t, l.URL, natsaccess.Options(secretA)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idA, err := natsaccess.WhoAmI(ctx(t), a.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	durable, err := natsaccess.ClaimConsumer(ctx(t), a.js, "TOKENS", idA, "cache", jetstream.ConsumerConfig{FilterSubject: idA.Filter, AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, durable := withDurable(t, l, secretA, "cache")
 	// A holds one event, unacked.
 	b, err := durable.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {

@@ -271,7 +271,7 @@ func (r *Revoker) consumerVerdict(ci *jetstream.ConsumerInfo) string {
 	if !ok || t.Status(r.tokens.Now()) != domain.StatusActive {
 		return "its token is not active"
 	}
-	if !Consumes(ReadFilter(t, r.subjectPrefix), ci.Config.FilterSubject) || !slices.Contains(Consumers(id), ci.Name) {
+	if !consumes(ReadFilter(t, r.subjectPrefix), ci.Config.FilterSubject) || !slices.Contains(Consumers(id), ci.Name) {
 		return "it reads beyond what its token may"
 	}
 	return ""
@@ -287,9 +287,9 @@ func (r *Revoker) orgOf(filter string) (string, bool) {
 	return org, org != "" && org != "*" && org != ">"
 }
 
-// Consumes reports whether filter reads nothing outside allowed (both NATS
+// consumes reports whether filter reads nothing outside allowed (both NATS
 // subjects, allowed as ReadFilter makes it).
-func Consumes(allowed, filter string) bool {
+func consumes(allowed, filter string) bool {
 	a, f := strings.Split(allowed, "."), strings.Split(filter, ".")
 	for i, tok := range a {
 		if tok == ">" {
