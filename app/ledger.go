@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
@@ -48,7 +47,6 @@ type Ledger struct {
 	view  *projections.Tokens
 	now   func() time.Time
 	rand  io.Reader
-	locks sync.Map // name -> chan struct{} (a lock that honours contexts; see lock)
 	// readWait bounds how long a command or query waits for the view to reach a
 	// sequence it was promised.
 	readWait time.Duration
@@ -58,6 +56,9 @@ type Ledger struct {
 	reuse reuseWriter
 	// connected says whether the store can be reached now; nil: assume so.
 	connected func() error
+	// fresh bounds how far behind the stream the view may be while the
+	// ledger authenticates (see fresh.go).
+	fresh freshness
 }
 
 // Option changes a Ledger's defaults.
@@ -96,6 +97,7 @@ func (l *Ledger) reachable() error {
 // from store is the caller's job (see Run).
 func New(store *eventstore.Store, view *projections.Tokens, opts ...Option) *Ledger {
 	l := &Ledger{store: store, view: view, now: time.Now, rand: rand.Reader, readWait: 10 * time.Second}
+	l.fresh.base, l.fresh.bound = time.Now(), DefaultMaxStaleness
 	for _, o := range opts {
 		o(l)
 	}
@@ -120,18 +122,44 @@ func (c Caller) org() string { return c.Token.OrganizationID() }
 // gets ErrUnauthenticated alike; a rotated-away one is also reported, with
 // the request's source, to be recorded as TokenReuseDetected in the
 // background, so its answer takes no longer than any other refusal.
+//
+// A ledger that cannot show its view is within the staleness bound answers
+// ErrStale instead (see WithMaxStaleness). A secret the view does not hold
+// as active is judged again once the view has reached the stream's head as
+// it is now: a token created or rotated through another ledger a moment ago
+// works here too, rather than being refused (and charged as a failure).
+// Every refusal but a malformed secret's takes that wait, so how long a
+// refusal takes does not tell which kind it was.
 func (l *Ledger) Authenticate(secret string, from Source) (*domain.Token, error) {
-	now := l.now()
-	v := l.view.Verify(secret, now)
+	v, err := l.verifyCurrent(secret)
+	if err != nil {
+		return nil, err
+	}
 	switch v.Outcome {
 	case projections.OutcomeActive:
-		l.view.MarkUsed(v, now)
+		l.view.MarkUsed(v, l.now())
 		return v.Token(), nil
 	case projections.OutcomeRotated:
 		org, id := v.TokenKey()
 		l.reportReuse(org, id, secret, from)
 	}
 	return nil, ErrUnauthenticated
+}
+
+// verifyCurrent is the view's verdict on secret, on a view shown current
+// (see Authenticate).
+func (l *Ledger) verifyCurrent(secret string) (projections.Verdict, error) {
+	if err := l.current(); err != nil {
+		return projections.Verdict{}, err
+	}
+	v := l.view.Verify(secret, l.now())
+	if v.Outcome == projections.OutcomeActive || v.Outcome == projections.OutcomeMalformed || l.fresh.bound <= 0 {
+		return v, nil
+	}
+	if err := l.reachHead(l.fresh.bound); err != nil {
+		return projections.Verdict{}, err
+	}
+	return l.view.Verify(secret, l.now()), nil
 }
 
 // acting resolves the caller's token again, as it is now. A request is
@@ -397,22 +425,13 @@ func (l *Ledger) CreateToken(ctx context.Context, c Caller, cmd domain.CreateTok
 	if res, done, err := l.replayed(ctx, c, env, domain.TokenCreated, ""); done {
 		return res, err
 	}
+	may := func(actor *domain.Token) error { return domain.Authorize(actor, domain.OpCreate, nil, tok) }
 	if tok.Scope() == domain.ScopeDeployment {
-		release, err := l.lock(ctx, "deployment/"+tok.OrganizationID()+"/"+tok.DeploymentID())
-		if err != nil {
-			return Result{}, err
-		}
-		defer release()
-		if err := l.catchUp(ctx); err != nil {
-			return Result{}, err
-		}
-		if err := l.deploymentMayMove(c, tok); err != nil {
-			return Result{}, err
-		}
+		// A deployment's tokens share one workspace: judged on the whole
+		// organization, and stored only if it has not changed since.
+		return l.appendJudged(ctx, c, e, tok, secret, may, func() error { return l.deploymentMayMove(c, tok) })
 	}
-	return l.append(ctx, c, e, tok, 0, secret, func(actor *domain.Token) error {
-		return domain.Authorize(actor, domain.OpCreate, nil, tok)
-	})
+	return l.append(ctx, c, e, tok, onToken(0), secret, may)
 }
 
 // deploymentMayMove checks that a deployment token names its deployment's
@@ -515,7 +534,7 @@ func (l *Ledger) execute(ctx context.Context, c Caller, id, key string, opts []C
 	}
 	// The token's place decides who may touch it: judged before anything
 	// else is said about it, a retry's answer included.
-	tok, last, err := l.get(c, id)
+	tok, last, err := l.getLatest(c, id)
 	if err != nil {
 		return Result{}, err
 	}
@@ -599,32 +618,87 @@ func (l *Ledger) decideAndAppend(ctx context.Context, c Caller, op domain.Operat
 	if !changed {
 		return Result{Token: tok, Sequence: last}, nil
 	}
-	if tok.Role() == domain.RoleOrganizationOwner {
-		// Serialise owner changes in an organization, and judge them on a view
-		// that has caught up with the stream, so neither two owners removing
-		// each other at once nor a view that lags can let the last one go.
-		release, err := l.lock(ctx, "owners/"+c.org())
-		if err != nil {
-			return Result{}, err
-		}
-		defer release()
+	may := func(actor *domain.Token) error { return domain.Authorize(actor, op, tok, next) }
+	if tok.Role() == domain.RoleOrganizationOwner && (next.Role() != domain.RoleOrganizationOwner || next.Deleted()) {
+		// Owner losses are judged on the whole organization (neither two
+		// owners removing each other through two ledgers at once nor a view
+		// that lags can let the last one go), and stored only if nothing in
+		// the organization changed since.
+		return l.appendJudged(ctx, c, e, next, secret, may, func() error {
+			if _, now, ok := l.view.Get(c.org(), tok.ID()); !ok || now != last {
+				// Decided on a state of the token that is gone: execute
+				// decides again (or reports the conflict).
+				return fmt.Errorf("token %s changed since it was read: %w", tok.ID(), domain.ErrConflict)
+			}
+			return l.keepAnOwner(c, tok, next)
+		})
+	}
+	return l.append(ctx, c, e, next, onToken(last), secret, may)
+}
+
+// expectation is what an append expects of the stream: the token's last
+// sequence, or the organization's (see eventstore.Store.AppendInOrganization).
+type expectation struct {
+	last uint64
+	org  bool
+}
+
+func onToken(last uint64) expectation        { return expectation{last: last} }
+func onOrganization(last uint64) expectation { return expectation{last: last, org: true} }
+
+// maxJudgedTries bounds how often a command judged on its organization is
+// judged again because another event in the organization was stored first.
+const maxJudgedTries = 20
+
+// appendJudged appends e after rule, a rule spanning the organization's
+// tokens, judged it on a view that has caught up with the stream. The
+// organization's last sequence is read before the rule is judged (the view
+// only moves forward, so the judgement saw at least that), and the append
+// expects it: an event stored in the organization since, through any
+// ledger, is a conflict, and the rule is judged again on the newer view.
+// This is what holds such rules across ledgers: the stream, not a lock.
+func (l *Ledger) appendJudged(ctx context.Context, c Caller, e domain.Event, after *domain.Token, secret domain.Secret, may judge, rule func() error) (Result, error) {
+	for try := 1; ; try++ {
 		if err := l.catchUp(ctx); err != nil {
 			return Result{}, err
 		}
-		if err := l.keepAnOwner(c, tok, next); err != nil {
+		orgLast := l.view.OrganizationSequence(c.org())
+		if err := rule(); err != nil {
 			return Result{}, err
 		}
+		res, err := l.append(ctx, c, e, after, onOrganization(orgLast), secret, may)
+		if !errors.Is(err, domain.ErrConflict) || res.Replayed || try == maxJudgedTries {
+			return res, err
+		}
+		// Someone else's event got in first; back off a little, at random,
+		// so ledgers racing on one organization do not keep colliding.
+		if err := sleepCtx(ctx, time.Duration(try)*time.Millisecond*time.Duration(1+randByte(l.rand)%8)); err != nil {
+			return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
 	}
-	return l.append(ctx, c, e, next, last, secret, func(actor *domain.Token) error {
-		return domain.Authorize(actor, op, tok, next)
-	})
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func randByte(r io.Reader) int {
+	var b [1]byte
+	_, _ = io.ReadFull(r, b[:])
+	return int(b[0])
 }
 
 // keepAnOwner refuses a change that would leave the organization without an
 // active ORGANIZATION_OWNER token that never expires: nobody could manage it
-// any more, and the bootstrap token is only made for an empty stream. The
-// check holds within one ledger process (see lock); ledgers sharing a
-// stream could still race past it.
+// any more, and the bootstrap token is only made for an empty stream. It is
+// judged within appendJudged, which makes it hold across ledgers.
 func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 	if after.Role() == domain.RoleOrganizationOwner && !after.Deleted() {
 		return nil
@@ -650,20 +724,6 @@ func (l *Ledger) keepAnOwner(c Caller, before, after *domain.Token) error {
 func lastingOwner(t projections.Listed, now time.Time) bool {
 	return t.Token.Role() == domain.RoleOrganizationOwner && t.Token.Status(now) == domain.StatusActive &&
 		t.Token.ExpiresAt().IsZero() && !t.Quarantined
-}
-
-// lock takes one of the ledger's named locks (an organization's owner
-// changes, a deployment's first token), or gives up when ctx ends. Ids hold
-// no "/", so names cannot collide.
-func (l *Ledger) lock(ctx context.Context, name string) (release func(), err error) {
-	v, _ := l.locks.LoadOrStore(name, make(chan struct{}, 1))
-	lock := v.(chan struct{})
-	select {
-	case lock <- struct{}{}:
-		return func() { <-lock }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: waiting for another change (%s): %w", ErrUnavailable, name, ctx.Err())
-	}
 }
 
 // replayed answers a command whose idempotency key the view has already seen.
@@ -701,7 +761,7 @@ type keyedRequest struct {
 // it (may): a command that waited (for a lock, for the view to catch up)
 // while its token was deleted, rotated or demoted is refused as if it had
 // arrived after.
-func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, last uint64, secret domain.Secret, may judge) (Result, error) {
+func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *domain.Token, x expectation, secret domain.Secret, may judge) (Result, error) {
 	c, err := l.acting(c)
 	if err != nil {
 		return Result{}, err
@@ -712,7 +772,12 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *do
 	if err := l.reachable(); err != nil {
 		return Result{}, err
 	}
-	ap, err := l.store.Append(ctx, e, last)
+	var ap eventstore.Appended
+	if x.org {
+		ap, err = l.store.AppendInOrganization(ctx, e, x.last)
+	} else {
+		ap, err = l.store.Append(ctx, e, x.last)
+	}
 	switch {
 	case errors.Is(err, domain.ErrConflict):
 		if e.IdempotencyKey != "" && l.catchUp(ctx) == nil {
@@ -722,6 +787,15 @@ func (l *Ledger) append(ctx context.Context, c Caller, e domain.Event, after *do
 		}
 		return Result{}, err
 	case err != nil:
+		// The event may have been stored all the same (the acknowledgement
+		// lost in a failover; a retry of the same key racing this one
+		// through another ledger): a keyed command the stream holds is
+		// answered as its replay rather than failed.
+		if e.IdempotencyKey != "" && l.catchUp(ctx) == nil {
+			if a, ok := l.view.Keyed(e.ID); ok {
+				return l.replay(ctx, c, e, a)
+			}
+		}
 		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case ap.Duplicate:
 		if err := l.waitFor(ctx, ap.Sequence); err != nil {
@@ -791,6 +865,18 @@ func (l *Ledger) get(c Caller, id string) (*domain.Token, uint64, error) {
 	return tok, last, nil
 }
 
+// getLatest is get, but a token the view does not hold yet is looked for
+// again once the view has reached the stream's head: it may have been
+// created through another ledger a moment ago.
+func (l *Ledger) getLatest(c Caller, id string) (*domain.Token, uint64, error) {
+	tok, last, err := l.get(c, id)
+	var nf *domain.NotFoundError
+	if errors.As(err, &nf) && l.fresh.bound > 0 && l.reachHead(l.fresh.bound/2) == nil {
+		return l.get(c, id)
+	}
+	return tok, last, err
+}
+
 func clip(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "..."
@@ -820,7 +906,10 @@ func (l *Ledger) VerifyAfter(ctx context.Context, c Caller, secret string, minSe
 	if err != nil {
 		return projections.Verdict{}, err
 	}
-	v := l.view.Verify(secret, l.now())
+	v, err := l.verifyCurrent(secret)
+	if err != nil {
+		return projections.Verdict{}, err
+	}
 	if t := v.Token(); t != nil && !domain.CanRead(c.Token, t) {
 		return projections.Verdict{Outcome: projections.OutcomeUnknown}, nil
 	}

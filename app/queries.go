@@ -15,7 +15,7 @@ import (
 // sequence of its last event. minSeq, when set, makes the read wait until the
 // view has reached it.
 func (l *Ledger) GetToken(ctx context.Context, c Caller, id string, minSeq uint64) (*domain.Token, uint64, error) {
-	if err := l.waitForRead(ctx, minSeq); err != nil {
+	if err := l.readLatest(ctx, minSeq); err != nil {
 		return nil, 0, err
 	}
 	return l.getReadable(c, id)
@@ -156,7 +156,7 @@ func (l *Ledger) FindTokens(ctx context.Context, c Caller, f TokenFilter, minSeq
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := l.waitForRead(ctx, minSeq); err != nil {
+	if err := l.readLatest(ctx, minSeq); err != nil {
 		return nil, 0, err
 	}
 	seq := l.view.Sequence()
@@ -200,7 +200,7 @@ func (l *Ledger) Holdings(ctx context.Context, c Caller, workspaceID, deployment
 	if workspaceID != nil && !domain.ReadsWorkspace(c.Token, *workspaceID) {
 		return nil, l.view.Sequence(), nil
 	}
-	if err := l.waitForRead(ctx, minSeq); err != nil {
+	if err := l.readLatest(ctx, minSeq); err != nil {
 		return nil, 0, err
 	}
 	seq := l.view.Sequence()
@@ -304,6 +304,24 @@ func (l *Ledger) history(ctx context.Context, c Caller, id string) ([]eventstore
 		return nil, &domain.NotFoundError{Field: "token_id", Rule: fmt.Sprintf("no token %q in organization %s", clip(id), c.org())}
 	}
 	return recs, nil
+}
+
+// readLatest makes a read of the view see every command acknowledged before
+// it began, through any ledger: a token created or changed through another
+// ledger a moment ago is shown as it is now, as one ledger would show it.
+// The wait is for the stream's head, shared by concurrent reads (see
+// headSince), and best effort: the caller was authenticated on a view
+// within the staleness bound, so a head that cannot be had now (NATS
+// briefly away) leaves the answer to that view. With minSeq, it is
+// waitForRead.
+func (l *Ledger) readLatest(ctx context.Context, minSeq uint64) error {
+	if minSeq != 0 {
+		return l.waitForRead(ctx, minSeq)
+	}
+	if l.fresh.bound > 0 {
+		_ = l.reachHead(l.fresh.bound / 2)
+	}
+	return ctx.Err()
 }
 
 // waitForRead makes a read wait for a sequence the caller was given. A

@@ -88,6 +88,7 @@ func (l *Ledger) ReuseStats() ReuseStats {
 // Call it before the store's connection closes and while the view is still
 // fed (a conflict waits for the view).
 func (l *Ledger) Close() error {
+	l.stopFreshness()
 	w := &l.reuse
 	w.once.Do(func() { // never started: nothing to stop
 		w.done = make(chan struct{})

@@ -421,7 +421,9 @@ func TestAReportThatConflictsIsRetriedOnTheNewHead(t *testing.T) {
 	ctx := context.Background()
 	store, _, _ := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
-	l := app.New(store, view, app.WithReadWait(500*time.Millisecond))
+	// The view is stopped below to play a lagging one: with the staleness
+	// bound on, the ledger would (rightly) refuse to answer at all.
+	l := app.New(store, view, app.WithReadWait(500*time.Millisecond), app.WithMaxStaleness(0))
 	t.Cleanup(func() { _ = l.Close() })
 	stopFeed := app.Feed(store, view, nil)
 	ownerTok, _, err := l.Bootstrap(ctx, "acme", nil)

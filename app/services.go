@@ -10,13 +10,19 @@ import (
 // rotated-away secret is refused like any other but not reported as reuse
 // here: a service whose secret was rotated reconnects every few seconds
 // with it, and each attempt would be another event.
+//
+// Like Authenticate, it answers only on a view shown current (ErrStale
+// otherwise), and judges a secret it does not hold as active again once
+// the view has reached the stream's head.
 func (l *Ledger) AuthenticateService(secret string) (*domain.Token, error) {
-	now := l.now()
-	v := l.view.Verify(secret, now)
+	v, err := l.verifyCurrent(secret)
+	if err != nil {
+		return nil, err
+	}
 	if v.Outcome != projections.OutcomeActive {
 		return nil, ErrUnauthenticated
 	}
-	l.view.MarkUsed(v, now)
+	l.view.MarkUsed(v, l.now())
 	return v.Token(), nil
 }
 

@@ -190,6 +190,12 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 			Failed: "Too many failed sign-ins from your address. Try again in " + seconds(limited.RetryAfterSeconds()) + ".",
 		})
 		return
+	case errors.Is(err, app.ErrUnavailable):
+		w.Header().Set("Retry-After", "1")
+		c.renderSignIn(w, r, http.StatusServiceUnavailable, signInData{
+			Failed: "The ledger cannot check tokens right now (it is not in step with its event stream). Nothing was charged to your address; try again in a moment.",
+		})
+		return
 	case err != nil:
 		c.renderSignIn(w, r, http.StatusUnauthorized, signInData{Failed: signInFailed})
 		return

@@ -168,6 +168,18 @@ func (s *Store) Append(ctx context.Context, e domain.Event, expectedLast uint64)
 	return s.publish(ctx, e, jetstream.WithExpectLastSequenceForSubject(expectedLast, s.tokenSubject(e.OrganizationID, e.TokenID)+".*"))
 }
 
+// AppendInOrganization stores e provided the last event stored anywhere in
+// e's organization is at stream sequence orgLast. A rule that spans tokens
+// (an organization keeps a lasting owner; a deployment's tokens share one
+// workspace) is judged on the organization as it stood at orgLast, and any
+// event stored in the organization since, by whichever ledger, makes the
+// append a domain.ErrConflict: the stream enforces the rule, not a lock one
+// process holds. It implies Append's check (the token's events are the
+// organization's).
+func (s *Store) AppendInOrganization(ctx context.Context, e domain.Event, orgLast uint64) (Appended, error) {
+	return s.publish(ctx, e, jetstream.WithExpectLastSequenceForSubject(orgLast, s.cfg.SubjectPrefix+"."+e.OrganizationID+".>"))
+}
+
 // AppendIfEmpty stores e only if the stream holds no event at all: the
 // bootstrap token is written once, even if several ledgers start together.
 func (s *Store) AppendIfEmpty(ctx context.Context, e domain.Event) (Appended, error) {
@@ -243,10 +255,48 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 
 // Load returns one token's events, oldest first; none if there is no such token
 // in that organization.
+//
+// On a cluster a read can fail for a moment without anything being wrong
+// (a consumer just made has no leader answering yet: "no responders"; a
+// server busy electing a leader): such a failure is tried again, a few
+// times, a little later. A bad delivery never is.
 func (s *Store) Load(ctx context.Context, org, tokenID string) ([]Recorded, error) {
 	if !domain.ValidID(org) || !domain.ValidTokenID(tokenID) {
 		return nil, nil
 	}
+	for try := 1; ; try++ {
+		recs, err := s.load(ctx, org, tokenID)
+		if err == nil || try == loadTries || !transient(err) || ctx.Err() != nil {
+			return recs, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Duration(try) * 100 * time.Millisecond):
+		}
+	}
+}
+
+// loadTries bounds Load's tries: 1.5 s of waits in all, within any read's
+// bound.
+const loadTries = 6
+
+// transient: a failure of the cluster's plumbing, which a later try may not
+// meet, as opposed to a refusal or a bad delivery.
+func transient(err error) bool {
+	if errors.Is(err, ErrBadDelivery) {
+		return false
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503 // "JetStream system temporarily unavailable"
+	}
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrNoHeartbeat) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+func (s *Store) load(ctx context.Context, org, tokenID string) ([]Recorded, error) {
 	// A plain consumer, not an ordered one: nats.go's ordered consumer creates
 	// a second consumer on its first Fetch and deletes the first in the
 	// background, which doubles the round trips of a short read and leaves a

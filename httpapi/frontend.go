@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -47,6 +48,9 @@ func (s *Server) SignIn(r *http.Request, secret string) (*domain.Token, error) {
 		return nil, &RateLimitedError{RetryAfter: wait}
 	}
 	tok, err := s.ledger.Authenticate(strings.TrimSpace(secret), app.Source{RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())})
+	if errors.Is(err, app.ErrStale) {
+		return nil, err // not the secret's fault: nothing charged
+	}
 	if err != nil {
 		s.chargeFailure(r, src)
 		return nil, app.ErrUnauthenticated

@@ -76,6 +76,10 @@ func problemFor(err error) *Problem {
 		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "NATS is unreachable: the ledger cannot write or read the event stream now, so commands are refused and nothing is written; reads answered from the ledger's view still work. Try again shortly: GET /readyz answers 200 once NATS is back"}
 	}
+	if errors.Is(err, app.ErrStale) {
+		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "this ledger instance cannot show that it is in step with the event stream (within its staleness bound), so it authenticates and verifies nothing now rather than answer from a view that may have missed a rotation or a deletion. Try again shortly; another instance may answer"}
+	}
 	if errors.Is(err, app.ErrUnavailable) {
 		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable, Detail: "the event store did not answer in time; try again shortly"}
 	}

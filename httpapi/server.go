@@ -299,6 +299,13 @@ func (s *Server) authed(op operation, h authedHandler) http.Handler {
 			return
 		}
 		tok, err := s.ledger.Authenticate(strings.TrimSpace(secret), app.Source{RequestID: requestID(r.Context()), SourceIP: sourceIP(r), UserAgent: clipHeader(r.UserAgent())})
+		if errors.Is(err, app.ErrStale) {
+			// This instance cannot vouch for its answer: neither a 401 nor
+			// a 200 (see app.WithMaxStaleness). Another instance may.
+			w.Header().Set("Retry-After", "1")
+			writeProblem(w, r, problemFor(err))
+			return
+		}
 		if err != nil {
 			s.refuse(w, r, src)
 			return

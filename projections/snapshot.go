@@ -264,6 +264,11 @@ func decodeSnapshot(b []byte) (*Tokens, SnapshotHeader, error) {
 		ent.lastUsed.Store(int64(d.uint()))
 		key := tokenKey{t.OrganizationID(), t.ID()}
 		v.byKey[key] = ent
+		// A snapshot holds each token's last sequence, so an organization's
+		// is the greatest of its tokens' (a message refused for a token the
+		// view never knew is not kept: a conflict on it ends at the
+		// organization's next event).
+		v.orgLast[key.org] = max(v.orgLast[key.org], ent.lastSeq)
 		v.reindex(ent, indexed{}, "")
 	}
 	// A deployment belongs to the workspace of its first token; the

@@ -36,6 +36,10 @@ type Tokens struct {
 	// retried command is answered with what the first attempt did.
 	keyed map[string]Applied
 	seq   uint64
+	// orgLast is the sequence of each organization's last message, applied
+	// or refused: what a rule spanning an organization's tokens was judged
+	// at (see OrganizationSequence).
+	orgLast map[string]uint64
 	// notify is closed and replaced to wake WaitFor callers, once the view
 	// reaches wakeAt, the lowest sequence any of them waits for (0: nobody
 	// waits). Waking only then keeps a replay that someone waits on from
@@ -113,6 +117,7 @@ func NewTokens() *Tokens {
 		byPlace: make(map[place]map[*entry]struct{}),
 		retired: make(map[domain.SecretHash]retiredSecret),
 		keyed:   make(map[string]Applied),
+		orgLast: make(map[string]uint64),
 
 		deployments: make(map[tokenKey]deploymentBinding),
 		notify:      make(chan struct{}),
@@ -129,6 +134,7 @@ func (v *Tokens) Apply(seq uint64, e domain.Event) error {
 	if seq <= v.seq {
 		return nil // already applied (a replayed tail after a snapshot, say)
 	}
+	v.orgLast[e.OrganizationID] = seq
 	key := tokenKey{e.OrganizationID, e.TokenID}
 	ent := v.byKey[key]
 	if ent == nil {
@@ -210,8 +216,20 @@ func (v *Tokens) Refuse(seq uint64, org, tokenID string) {
 	defer v.mu.Unlock()
 	defer v.advance(seq)
 	if seq > v.seq {
+		v.orgLast[org] = seq
 		v.refuse(seq, tokenKey{org, tokenID})
 	}
+}
+
+// OrganizationSequence is the stream sequence of the last message the view
+// holds for the organization (0: none). Taken before a rule spanning the
+// organization's tokens is judged, it is what the command's append expects
+// (eventstore.Store.AppendInOrganization): the judgement then saw every
+// event the organization had when the event is stored.
+func (v *Tokens) OrganizationSequence(org string) uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.orgLast[org]
 }
 
 func (v *Tokens) refuse(seq uint64, key tokenKey) {
