@@ -71,6 +71,9 @@ func (l *Ledger) current() error {
 	if f.at.Load() == 0 {
 		return l.reachHead(f.bound)
 	}
+	if err := l.reachable(); err != nil {
+		return fmt.Errorf("%w: %w", ErrStale, err) // says NATS is unreachable
+	}
 	return ErrStale
 }
 
@@ -192,4 +195,21 @@ func (l *Ledger) stopFreshness() {
 		}
 		<-f.done
 	}
+}
+
+// Staleness says whether the ledger authenticates now: nil while its view
+// has been shown current within the bound (or the bound is off), ErrStale
+// otherwise. It asks nothing of NATS, so readiness checks may call it at
+// any rate; a ledger that has not authenticated anything yet starts the
+// background check.
+func (l *Ledger) Staleness() error {
+	f := &l.fresh
+	if f.bound <= 0 {
+		return nil
+	}
+	f.once.Do(func() { l.startFreshness() })
+	if f.shownWithin(f.bound) {
+		return nil
+	}
+	return ErrStale
 }

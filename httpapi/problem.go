@@ -74,7 +74,7 @@ func problemFor(err error) *Problem {
 	}
 	if errors.Is(err, app.ErrDisconnected) {
 		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable,
-			Detail: "NATS is unreachable: the ledger cannot write or read the event stream now, so commands are refused and nothing is written; reads answered from the ledger's view still work. Try again shortly: GET /readyz answers 200 once NATS is back"}
+			Detail: "NATS is unreachable: the ledger cannot write or read the event stream now, so commands are refused and nothing is written, and once this ledger cannot show that its view is current (within its staleness bound) it authenticates and verifies nothing either. Try again shortly: GET /readyz answers 200 once NATS is back"}
 	}
 	if errors.Is(err, app.ErrStale) {
 		return &Problem{Type: problemBase + "unavailable", Title: "Service unavailable", Status: http.StatusServiceUnavailable,
