@@ -19,8 +19,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/app"
+	"github.com/tokenledger/tokenledger/eventstore"
 	"github.com/tokenledger/tokenledger/httpapi"
 )
 
