@@ -138,3 +138,5 @@ func syncAll(t testing.TB, ins []*instance) {
 		}
 	}
 }
+
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
