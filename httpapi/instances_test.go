@@ -30,6 +30,8 @@ type instance struct {
 	api    *httpapi.Server
 	srv    *httptest.Server
 	logs   *lockedBuffer
+	// lastUsed shares the view's last uses, when the setup starts it.
+	lastUsed *shared.LastUsed
 }
 
 // instanceSetup says how each instance is built: the ledger's and the API
