@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,4 +95,46 @@ func TestABudgetUsedUpOnOneInstanceIsRefusedOnTheOtherWithinASecond(t *testing.T
 		time.Sleep(time.Millisecond)
 	}
 	t.Logf("B refused the source %s after A did", time.Since(start))
+}
+
+// Two instances on one clock announce the same wait for a source, earn its
+// attempts back at the same moment, and a failure after that on either
+// one closes both again: one budget, one interval at a time.
+func TestBothInstancesAnnounceTheSameWaitAndForgiveAtTheSameMoment(t *testing.T) {
+	const burst, interval = 3, 10 * time.Second
+	var clock atomic.Int64
+	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	ins, owner := newInstances(t, 2, instanceSetup{serverOpts: func(t testing.TB, js jetstream.JetStream) []httpapi.ServerOption {
+		kv, err := httpapi.FailureBucket(ctxT(t), js, streamBuckets(), burst, interval)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []httpapi.ServerOption{httpapi.WithFailureLimit(burst, interval), httpapi.WithServerClock(now), httpapi.WithSharedFailureLimit(kv)}
+	}})
+	a, b := ins[0], ins[1]
+	for range burst {
+		a.get("/v1/tokens", "not-a-secret")
+	}
+	syncAll(t, ins)
+	for i, in := range ins {
+		if code, hdr, _ := in.get("/v1/tokens", owner); code != http.StatusTooManyRequests || hdr.Get("Retry-After") != "10" {
+			t.Fatalf("instance %d after a burst on A: %d, Retry-After %q; want 429 and 10", i, code, hdr.Get("Retry-After"))
+		}
+	}
+	clock.Add(int64(interval))
+	for i, in := range ins {
+		if code, _, _ := in.get("/v1/tokens", owner); code != http.StatusOK {
+			t.Fatalf("instance %d one interval later: %d, want the attempt earned back", i, code)
+		}
+	}
+	if code, _, _ := b.get("/v1/tokens", "not-a-secret"); code != http.StatusUnauthorized {
+		t.Fatalf("the earned attempt, spent on B: %d", code)
+	}
+	syncAll(t, ins)
+	for i, in := range ins {
+		if code, hdr, _ := in.get("/v1/tokens", owner); code != http.StatusTooManyRequests || hdr.Get("Retry-After") != "10" {
+			t.Fatalf("instance %d after the earned attempt failed on B: %d, Retry-After %q; want 429 and 10", i, code, hdr.Get("Retry-After"))
+		}
+	}
 }
