@@ -18,12 +18,20 @@ import (
 
 // The buckets the ledger's instances share (console sessions, the
 // failed-authentication budget, last use, the audit signing key) are in
-// the ledger's own account, beside the stream: a service, even one with an
-// owner's token, can neither read, watch, write nor delete them, through
-// any API prefix, and they are as they were afterwards.
-func TestServicesCannotReachTheSharedBuckets(t *testing.T) {
-	l := natsaccesstest.Start(t, natsaccesstest.Options{})
+// the ledger's own account, beside the stream, with the stream's replicas
+// (three on the cluster): a service, even one with an owner's token, can
+// neither read, watch, write nor delete them, through any API prefix, and
+// they are as they were afterwards.
+func TestServicesCannotReachTheSharedBuckets(t *testing.T) { eachShape(t, servicesCannotReachTheSharedBuckets) }
+
+func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Options) {
+	l := natsaccesstest.Start(t, shape)
+	stream, err := l.LedgerJS.Stream(ctx(t), "TOKENS")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := shared.ConfigOf(eventstore.DefaultConfig())
+	cfg.Replicas = stream.CachedInfo().Config.Replicas
 	var kvs []jetstream.KeyValue
 	for _, open := range []func() (jetstream.KeyValue, error){
 		func() (jetstream.KeyValue, error) {
@@ -39,6 +47,13 @@ func TestServicesCannotReachTheSharedBuckets(t *testing.T) {
 		}
 		if _, err := kv.Put(ctx(t), "probe", []byte("the ledger's")); err != nil {
 			t.Fatal(err)
+		}
+		s, err := l.LedgerJS.Stream(ctx(t), "KV_"+kv.Bucket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.Replicas; got != cfg.Replicas || got != max(shape.Cluster, 1) {
+			t.Errorf("bucket %s has %d replicas; the stream %d", kv.Bucket(), got, cfg.Replicas)
 		}
 		kvs = append(kvs, kv)
 	}
