@@ -22,7 +22,9 @@ import (
 // (three on the cluster): a service, even one with an owner's token, can
 // neither read, watch, write nor delete them, through any API prefix, and
 // they are as they were afterwards.
-func TestServicesCannotReachTheSharedBuckets(t *testing.T) { eachShape(t, servicesCannotReachTheSharedBuckets) }
+func TestServicesCannotReachTheSharedBuckets(t *testing.T) {
+	eachShape(t, servicesCannotReachTheSharedBuckets)
+}
 
 func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Options) {
 	l := natsaccesstest.Start(t, shape)
@@ -37,7 +39,9 @@ func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Opti
 		func() (jetstream.KeyValue, error) {
 			return console.SessionBucket(ctx(t), l.LedgerJS, cfg, console.DefaultIdle, console.DefaultAbsolute)
 		},
-		func() (jetstream.KeyValue, error) { return httpapi.FailureBucket(ctx(t), l.LedgerJS, cfg, 20, 3*time.Second) },
+		func() (jetstream.KeyValue, error) {
+			return httpapi.FailureBucket(ctx(t), l.LedgerJS, cfg, 20, 3*time.Second)
+		},
 		func() (jetstream.KeyValue, error) { return shared.LastUsedBucket(ctx(t), l.LedgerJS, cfg) },
 		func() (jetstream.KeyValue, error) { return exporters.KeyBucket(ctx(t), l.LedgerJS, cfg) },
 	} {
