@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
-	"regexp"
 	"testing"
 	"time"
 
@@ -69,19 +68,5 @@ func TestAUseThatArrivesBeforeItsTokenIsKeptUntilTheTokenDoes(t *testing.T) {
 			t.Fatalf("B's last use of the token is %v 5 s after its creation arrived, want %v", got.LastUsedAt(), used)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Buckets are named after their stream, so two ledgers of two streams on
-// one account share nothing; a stream name a bucket name cannot hold is
-// replaced by its hash, the same on every instance.
-func TestBucketsAreNamedAfterTheirStream(t *testing.T) {
-	if got := shared.BucketName("TOKENS", shared.KindSessions); got != "tokenledger_sessions_TOKENS" {
-		t.Errorf("BucketName(TOKENS, sessions) = %q", got)
-	}
-	a, b := shared.BucketName("tokens@eu", shared.KindSessions), shared.BucketName("tokens@us", shared.KindSessions)
-	valid := regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-	if a == b || a != shared.BucketName("tokens@eu", shared.KindSessions) || !valid.MatchString(a) || !valid.MatchString(b) {
-		t.Errorf("odd stream names give %q and %q", a, b)
 	}
 }

@@ -104,7 +104,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, b Bucket) (je
 	if maxValue <= 0 {
 		maxValue = 64 << 10
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	scfg := jetstream.StreamConfig{
 		Name:              "KV_" + name,
 		Description:       b.Description,
 		Subjects:          []string{"$KV." + name + ".>"},
@@ -121,7 +121,13 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, b Bucket) (je
 		DenyDelete:        true,
 		Duplicates:        dup,
 		AllowDirect:       false,
-	})
+	}
+	_, err := js.CreateOrUpdateStream(ctx, scfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		// Another instance made it between our update and our create,
+		// with other settings (another TTL, say): ours are brought in.
+		_, err = js.UpdateStream(ctx, scfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", name, err)
 	}
