@@ -59,8 +59,12 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) 
 			http.Redirect(w, r, "/console/sign-in", http.StatusSeeOther)
 			return
 		}
-		sess, ok := c.sessions.get(ck.Value)
-		if !ok {
+		sess, err := c.sessions.get(r.Context(), ck.Value)
+		if err != nil {
+			c.sessionsDown(w, r, err)
+			return
+		}
+		if sess == nil {
 			c.sessionEnded(w, r, "ended")
 			return
 		}
@@ -68,7 +72,7 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) 
 		// token ends its sessions at their next request.
 		me, err := c.ledger.Resume(sess.org, sess.tokenID, sess.secretHash)
 		if err != nil {
-			c.sessions.end(ck.Value)
+			c.endSession(r, ck.Value)
 			c.sessionEnded(w, r, "ended")
 			return
 		}
@@ -122,6 +126,35 @@ func (c *Console) sameOriginForm(r *http.Request, want string) bool {
 	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
+// sessionsDown answers a request whose session could not be looked up
+// (the shared sessions' bucket did not answer): nothing is done, and the
+// browser keeps its cookie to try again.
+func (c *Console) sessionsDown(w http.ResponseWriter, r *http.Request, err error) {
+	c.log.Error("console sessions unavailable", "route", r.Pattern, "error", err)
+	w.Header().Set("Retry-After", "2")
+	c.render(w, r, nil, http.StatusServiceUnavailable, "error.html", view{Title: "Console unavailable", Data: errorPage{
+		Heading: "Console unavailable",
+		Message: "The console cannot reach its sessions right now, so nothing was done. Try again in a few seconds.",
+	}})
+}
+
+// endSession ends the session of cookie id on every instance. A failure is
+// logged: the callers end a session whose token no longer signs in, so it
+// could not be used again anyway.
+func (c *Console) endSession(r *http.Request, id string) {
+	if err := c.sessions.end(r.Context(), id); err != nil {
+		c.log.Error("console session not ended", "route", r.Pattern, "error", err)
+	}
+}
+
+// flash leaves msg for the session's next page; a message lost costs the
+// person a confirmation line, not the change, which is made.
+func (c *Console) flash(r *http.Request, s *signedIn, msg string) {
+	if err := c.sessions.setFlash(r.Context(), s.cookie, s.sess, msg); err != nil {
+		c.log.Warn("console message not kept", "route", r.Pattern, "error", err)
+	}
+}
+
 // sessionEnded forgets the browser's session and sends it to sign in.
 func (c *Console) sessionEnded(w http.ResponseWriter, r *http.Request, why string) {
 	c.setCookie(w, r, sessionCookie, "", -1)
@@ -147,7 +180,7 @@ type signInData struct {
 
 func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
 	if ck, err := r.Cookie(sessionCookie); err == nil {
-		if sess, ok := c.sessions.get(ck.Value); ok {
+		if sess, _ := c.sessions.get(r.Context(), ck.Value); sess != nil {
 			if _, err := c.ledger.Resume(sess.org, sess.tokenID, sess.secretHash); err == nil {
 				http.Redirect(w, r, Path, http.StatusSeeOther)
 				return
@@ -203,16 +236,25 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	// A sign-in replaces the browser's session: the old one ends now, not
 	// when it would have gone idle.
 	if old, err := r.Cookie(sessionCookie); err == nil {
-		c.sessions.end(old.Value)
+		c.endSession(r, old.Value)
 	}
-	id, _ := c.sessions.open(tok.OrganizationID(), tok.ID(), tok.SecretHash())
+	id, err := c.sessions.open(r.Context(), tok.OrganizationID(), tok.ID(), tok.SecretHash())
+	if err != nil {
+		c.sessionsDown(w, r, err)
+		return
+	}
 	c.setCookie(w, r, sessionCookie, id, 0)
 	c.setCookie(w, r, signInCookie, "", -1)
 	c.log.Info("console sign-in", "token_id", tok.ID(), "request_id", c.gate.CallerOf(r, tok).RequestID)
 	http.Redirect(w, r, Path, http.StatusSeeOther)
 }
 
+// signOut ends the session on every instance before it says so: when that
+// cannot be written, the browser keeps its cookie to sign out again.
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	c.sessions.end(s.cookie)
+	if err := c.sessions.end(r.Context(), s.cookie); err != nil {
+		c.sessionsDown(w, r, err)
+		return
+	}
 	c.sessionEnded(w, r, "signed-out")
 }

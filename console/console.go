@@ -11,7 +11,9 @@
 // embedded in the binary: no front-end framework and no build step. A
 // person signs in by pasting a token; the browser then holds only a random
 // session id in an HttpOnly, SameSite=Strict cookie, and the server only the
-// token's id and its secret's hash (sessions.go). A secret is shown once, in
+// token's id and its secret's hash (sessions.go), in its memory or, with
+// WithSharedSessions, in a bucket every instance of the ledger shares
+// (sessions_kv.go). A secret is shown once, in
 // the answer to the form that created or rotated it, never in a URL.
 package console
 
@@ -22,6 +24,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
@@ -69,7 +73,7 @@ type Console struct {
 	ledger   *app.Ledger
 	gate     Gate
 	log      *slog.Logger
-	sessions *sessions
+	sessions sessionStore
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
 	origin   *http.CrossOriginProtection
@@ -81,6 +85,7 @@ type Option func(*config)
 type config struct {
 	idle, absolute time.Duration
 	now            func() time.Time
+	sessionsKV     jetstream.KeyValue // see WithSharedSessions
 }
 
 // WithSessionLimits ends a session idle minutes after its last request, and
@@ -107,11 +112,15 @@ func New(ledger *app.Ledger, gate Gate, log *slog.Logger, opts ...Option) *Conso
 	for _, o := range opts {
 		o(&cfg)
 	}
+	var store sessionStore = newMemSessions(cfg.idle, cfg.absolute, cfg.now)
+	if cfg.sessionsKV != nil {
+		store = newKVSessions(cfg.sessionsKV, cfg.idle, cfg.absolute, cfg.now)
+	}
 	c := &Console{
 		ledger:   ledger,
 		gate:     gate,
 		log:      log,
-		sessions: newSessions(cfg.idle, cfg.absolute, cfg.now),
+		sessions: store,
 		pages:    parsePages(),
 		mux:      http.NewServeMux(),
 		origin:   http.NewCrossOriginProtection(),

@@ -327,8 +327,18 @@ func verifyDownload(t *testing.T, h *harness, data []byte) exporters.Report {
 	return rep
 }
 
+// Both session stores: the shared bucket (what `ledger serve` uses) and
+// the console's memory (one process).
 func TestASessionEndsAtItsNextRequestOnceItsTokenIsRotatedDeletedOrIdle(t *testing.T) {
-	h := newHarness(t)
+	for name, opts := range map[string][]harnessOption{"shared": nil, "in memory": {inMemorySessions()}} {
+		t.Run(name, func(t *testing.T) {
+			sessionEnds(t, opts...)
+		})
+	}
+}
+
+func sessionEnds(t *testing.T, opts ...harnessOption) {
+	h := newHarness(t, opts...)
 	for _, tc := range []struct {
 		name string
 		end  func(id string)

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/console"
 	"github.com/tokenledger/tokenledger/domain"
@@ -25,6 +28,7 @@ import (
 	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
 	"github.com/tokenledger/tokenledger/projections"
+	"github.com/tokenledger/tokenledger/shared"
 )
 
 // harness is a whole ledger on a real embedded nats-server, its API and its
@@ -39,16 +43,24 @@ type harness struct {
 	ownerID string
 	logs    *syncBuffer
 	clock   *clock
+	// sessions is the shared sessions' bucket (nil: in memory).
+	sessions jetstream.KeyValue
+	ns       *server.Server // the NATS server (newHarness only)
 }
 
 type harnessConfig struct {
 	tls        bool
 	serverOpts []httpapi.ServerOption
+	// memory keeps sessions in the console's memory rather than in the
+	// shared bucket `ledger serve` gives it.
+	memory bool
 }
 
 type harnessOption func(*harnessConfig)
 
 func overTLS() harnessOption { return func(c *harnessConfig) { c.tls = true } }
+
+func inMemorySessions() harnessOption { return func(c *harnessConfig) { c.memory = true } }
 
 func withServerOptions(o ...httpapi.ServerOption) harnessOption {
 	return func(c *harnessConfig) { c.serverOpts = append(c.serverOpts, o...) }
@@ -67,7 +79,7 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	store, _, _ := eventstoretest.MustStore(t)
+	store, js, ns := eventstoretest.MustStore(t)
 	view := projections.NewTokens()
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -80,10 +92,10 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	if err != nil || tok == nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	h := &harness{t: t, store: store, ledger: ledger, owner: secret.Reveal(), ownerID: tok.ID(), logs: &syncBuffer{}, clock: &clock{}}
+	h := &harness{t: t, store: store, ledger: ledger, owner: secret.Reveal(), ownerID: tok.ID(), logs: &syncBuffer{}, clock: &clock{}, ns: ns}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
 	api := httpapi.NewServer(ledger, log, nil, cfg.serverOpts...)
-	console.Attach(api, ledger, log, console.WithSessionClock(h.clock.now))
+	console.Attach(api, ledger, log, h.consoleOptions(js, cfg.memory)...)
 	if cfg.tls {
 		h.srv = httptest.NewTLSServer(api)
 	} else {
@@ -91,6 +103,22 @@ func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	}
 	t.Cleanup(h.srv.Close)
 	return h
+}
+
+// consoleOptions are the console's: the harness's clock, and sessions in
+// the stream's shared bucket (opened on js) unless memory.
+func (h *harness) consoleOptions(js jetstream.JetStream, memory bool) []console.Option {
+	h.t.Helper()
+	opts := []console.Option{console.WithSessionClock(h.clock.now)}
+	if !memory {
+		kv, err := console.SessionBucket(ctxT(h.t), js, shared.ConfigOf(eventstore.DefaultConfig()), console.DefaultIdle, console.DefaultAbsolute)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		opts = append(opts, console.WithSharedSessions(kv))
+		h.sessions = kv
+	}
+	return opts
 }
 
 // syncBuffer is a log both the server and the test touch.

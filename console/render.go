@@ -175,7 +175,11 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, s *signedIn, st
 		v.Me = meOf(s.me)
 		v.CSRF = s.sess.csrf
 		if v.Flash == "" {
-			v.Flash = c.sessions.takeFlash(s.sess)
+			msg, err := c.sessions.takeFlash(r.Context(), s.cookie, s.sess)
+			if err != nil {
+				c.log.Warn("console message not read", "page", page, "error", err)
+			}
+			v.Flash = msg
 		}
 		v.CanExport = domain.Authorize(s.me, domain.OpExport, nil, nil) == nil
 	}

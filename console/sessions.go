@@ -1,6 +1,8 @@
 package console
 
 import (
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -17,22 +19,32 @@ import (
 type session struct {
 	org, tokenID string
 	secretHash   domain.SecretHash
-	// csrf is the value every form of this session must post back.
+	// csrf is the value every form of this session must post back (see
+	// csrfOf).
 	csrf   string
 	opened time.Time
 
-	// Under sessions.mu:
+	// Under memSessions.mu (in memory), or as read (shared):
 	lastSeen time.Time
 	flash    string
 }
 
-// sessions are kept in memory: a restart signs everyone out, which costs a
-// person one paste of their token.
-type sessions struct {
-	mu             sync.Mutex
-	byID           map[[sha256.Size]byte]*session // by the SHA-256 of the cookie's id
-	idle, absolute time.Duration
-	now            func() time.Time
+// sessionStore keeps sessions by the cookie's id, of which it keeps only a
+// hash: in memory (memSessions, one process) or in a bucket every instance
+// of the ledger shares (kvSessions). Expired sessions are never returned.
+type sessionStore interface {
+	// open starts a session for token (org, tokenID), signed in with a
+	// secret whose hash is h, and returns the id for its cookie.
+	open(ctx context.Context, org, tokenID string, h domain.SecretHash) (string, error)
+	// get returns the live session of cookie id (nil when there is none)
+	// and counts this request as its use.
+	get(ctx context.Context, id string) (*session, error)
+	// end removes the session of cookie id, everywhere.
+	end(ctx context.Context, id string) error
+	// setFlash leaves a message for the session's next page.
+	setFlash(ctx context.Context, id string, sess *session, msg string) error
+	// takeFlash returns the message left for this page, once.
+	takeFlash(ctx context.Context, id string, sess *session) (string, error)
 }
 
 // Bounds on what a flood of sign-ins can hold: the oldest sessions go
@@ -41,10 +53,6 @@ const (
 	maxSessions         = 1 << 16
 	maxSessionsPerToken = 32
 )
-
-func newSessions(idle, absolute time.Duration, now func() time.Time) *sessions {
-	return &sessions{byID: make(map[[sha256.Size]byte]*session), idle: idle, absolute: absolute, now: now}
-}
 
 // randomText is 256 random bits, URL-safe.
 func randomText() string {
@@ -55,12 +63,36 @@ func randomText() string {
 
 func key(id string) [sha256.Size]byte { return sha256.Sum256([]byte(id)) }
 
-// open starts a session for token (org, tokenID), signed in with a secret
-// whose hash is h, and returns the id for its cookie.
-func (s *sessions) open(org, tokenID string, h domain.SecretHash) (string, *session) {
+// csrfOf is the CSRF value of the session of cookie id, derived from the id
+// rather than kept: a store holding sessions for every instance then holds
+// nothing a form could be forged with, and only the holder of the cookie
+// (HttpOnly, so not even the page's scripts) can compute it. HMAC keyed by
+// the id, so it says nothing of the id, nor of the id's hash the store
+// keeps.
+func csrfOf(id string) string {
+	m := hmac.New(sha256.New, []byte(id))
+	m.Write([]byte("tokenledger console csrf v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// memSessions are kept in memory: a restart signs everyone out, which
+// costs a person one paste of their token. One process only: behind a load
+// balancer use kvSessions.
+type memSessions struct {
+	mu             sync.Mutex
+	byID           map[[sha256.Size]byte]*session // by the SHA-256 of the cookie's id
+	idle, absolute time.Duration
+	now            func() time.Time
+}
+
+func newMemSessions(idle, absolute time.Duration, now func() time.Time) *memSessions {
+	return &memSessions{byID: make(map[[sha256.Size]byte]*session), idle: idle, absolute: absolute, now: now}
+}
+
+func (s *memSessions) open(_ context.Context, org, tokenID string, h domain.SecretHash) (string, error) {
 	id := randomText()
 	now := s.now()
-	sess := &session{org: org, tokenID: tokenID, secretHash: h, csrf: randomText(), opened: now, lastSeen: now}
+	sess := &session{org: org, tokenID: tokenID, secretHash: h, csrf: csrfOf(id), opened: now, lastSeen: now}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mine := 0
@@ -91,62 +123,52 @@ func (s *sessions) open(org, tokenID string, h domain.SecretHash) (string, *sess
 		s.removeLocked(oldest)
 	}
 	s.byID[key(id)] = sess
-	return id, sess
+	return id, nil
 }
 
-func (s *sessions) expired(sess *session, now time.Time) bool {
+func (s *memSessions) expired(sess *session, now time.Time) bool {
 	return now.Sub(sess.lastSeen) >= s.idle || now.Sub(sess.opened) >= s.absolute
 }
 
-// get returns the live session of cookie id, and counts this request as its
-// use. An expired one is removed.
-func (s *sessions) get(id string) (*session, bool) {
+func (s *memSessions) get(_ context.Context, id string) (*session, error) {
 	k := key(id)
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess, ok := s.byID[k]
 	if !ok {
-		return nil, false
+		return nil, nil
 	}
 	if s.expired(sess, now) {
 		s.removeLocked(k)
-		return nil, false
+		return nil, nil
 	}
 	sess.lastSeen = now
-	return sess, true
+	return sess, nil
 }
 
-// end removes the session of cookie id.
-func (s *sessions) end(id string) {
+func (s *memSessions) end(_ context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.removeLocked(key(id))
+	return nil
 }
 
-func (s *sessions) removeLocked(k [sha256.Size]byte) {
+func (s *memSessions) removeLocked(k [sha256.Size]byte) {
 	delete(s.byID, k)
 }
 
-// count is how many sessions are open (tests).
-func (s *sessions) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.byID)
-}
-
-// setFlash leaves a message for the session's next page.
-func (s *sessions) setFlash(sess *session, msg string) {
+func (s *memSessions) setFlash(_ context.Context, _ string, sess *session, msg string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess.flash = msg
+	return nil
 }
 
-// takeFlash returns the message left for this page, once.
-func (s *sessions) takeFlash(sess *session) string {
+func (s *memSessions) takeFlash(_ context.Context, _ string, sess *session) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	msg := sess.flash
 	sess.flash = ""
-	return msg
+	return msg, nil
 }

@@ -384,7 +384,7 @@ func (c *Console) showSecret(w http.ResponseWriter, r *http.Request, s *signedIn
 		page.Secret = res.Secret.Reveal()
 	}
 	if res.Token.ID() == s.me.ID() && !res.Replayed {
-		c.sessions.end(s.cookie)
+		c.endSession(r, s.cookie)
 		c.setCookie(w, r, sessionCookie, "", -1)
 		page.SignedOut = true
 		s = nil
@@ -447,7 +447,7 @@ func (c *Console) edit(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		cmd.Role = &f.Role
 	}
 	if cmd.Name == nil && cmd.Description == nil && cmd.Role == nil {
-		c.sessions.setFlash(s.sess, "Nothing to save: "+tok.Name()+" is unchanged.")
+		c.flash(r, s, "Nothing to save: "+tok.Name()+" is unchanged.")
 		http.Redirect(w, r, tokenPath(tok.ID()), http.StatusSeeOther)
 		return
 	}
@@ -459,7 +459,7 @@ func (c *Console) edit(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		c.showEdit(w, r, s, p.Status, tok, f, version, errorsOf(p, "", "name", "description", "role"))
 		return
 	}
-	c.sessions.setFlash(s.sess, "Saved changes to "+res.Token.Name()+".")
+	c.flash(r, s, "Saved changes to "+res.Token.Name()+".")
 	http.Redirect(w, r, tokenPath(tok.ID()), http.StatusSeeOther)
 }
 
@@ -518,11 +518,11 @@ func (c *Console) delete(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		return
 	}
 	if res.Token.ID() == s.me.ID() {
-		c.sessions.end(s.cookie)
+		c.endSession(r, s.cookie)
 		c.sessionEnded(w, r, "deleted-own")
 		return
 	}
-	c.sessions.setFlash(s.sess, "Deleted API token "+res.Token.Name()+". It can no longer be used; its history stays in the audit log.")
+	c.flash(r, s, "Deleted API token "+res.Token.Name()+". It can no longer be used; its history stays in the audit log.")
 	http.Redirect(w, r, Path, http.StatusSeeOther)
 }
 
@@ -541,7 +541,7 @@ func (c *Console) assign(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		c.showDetails(w, r, s, p.Status, errorsOf(p, form, "workspace_id", "role"), f)
 		return
 	}
-	c.sessions.setFlash(s.sess, assignedMessage(res.Token, f.WorkspaceID))
+	c.flash(r, s, assignedMessage(res.Token, f.WorkspaceID))
 	http.Redirect(w, r, tokenPath(id), http.StatusSeeOther)
 }
 
@@ -558,7 +558,7 @@ func (c *Console) unassign(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		c.showDetails(w, r, s, p.Status, errorsOf(p, "change"), assignForm{Role: string(domain.RoleWorkspaceMember)})
 		return
 	}
-	c.sessions.setFlash(s.sess, "Removed "+res.Token.Name()+" from workspace "+ws+".")
+	c.flash(r, s, "Removed "+res.Token.Name()+" from workspace "+ws+".")
 	http.Redirect(w, r, tokenPath(id), http.StatusSeeOther)
 }
 
@@ -609,7 +609,7 @@ func (c *Console) assignFromPage(w http.ResponseWriter, r *http.Request, s *sign
 		c.showAssign(w, r, s, p.Status, id, f, errorsOf(p, "", "token_id", "workspace_id", "role"))
 		return
 	}
-	c.sessions.setFlash(s.sess, assignedMessage(res.Token, f.WorkspaceID))
+	c.flash(r, s, assignedMessage(res.Token, f.WorkspaceID))
 	http.Redirect(w, r, tokenPath(res.Token.ID()), http.StatusSeeOther)
 }
 

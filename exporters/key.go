@@ -89,17 +89,27 @@ func loadKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit key: %w", err)
 	}
-	block, _ := pem.Decode(b)
-	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("audit key %s: not a PEM \"PRIVATE KEY\" file", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	key, err := parseKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("audit key %s: %w", path, err)
 	}
+	return key, nil
+}
+
+// parseKey reads a PEM PKCS#8 Ed25519 private key. Its errors never quote
+// the key's bytes.
+func parseKey(b []byte) (ed25519.PrivateKey, error) {
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, errors.New(`not a PEM "PRIVATE KEY"`)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
 	key, ok := k.(ed25519.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("audit key %s: a %T, not an Ed25519 key", path, k)
+		return nil, fmt.Errorf("a %T, not an Ed25519 key", k)
 	}
 	return key, nil
 }

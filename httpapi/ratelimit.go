@@ -114,9 +114,49 @@ func (l *failureLimiter) fail(key netip.Addr, now time.Time) (exhausted bool) {
 		return false
 	}
 	t := now.UnixNano()
-	// At most once a burst's worth of time, the failure path clears idle
-	// sources out of every shard: memory then follows recent failures, not
-	// all the sources ever seen, without a goroutine to start and stop.
+	l.maybeSweep(t)
+	sh := l.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	full, ok := sh.full[key]
+	if !ok {
+		l.makeRoom(sh, t)
+	}
+	// Every failure costs an interval, uncapped: failures that raced past
+	// blocked together pay for each of them, or a burst of parallel guesses
+	// would cost one interval.
+	full = max(full, t) + l.interval
+	sh.full[key] = full
+	return full-t > (l.burst-1)*l.interval
+}
+
+// merge takes in that key's bucket is full again at full (unix
+// nanoseconds), as another instance of the ledger has charged it (see
+// sharedFailures): the later of the two times wins, so a failure counted
+// anywhere counts here, and nothing counted here is forgotten.
+func (l *failureLimiter) merge(key netip.Addr, full int64, now time.Time) {
+	if l == nil {
+		return
+	}
+	t := now.UnixNano()
+	if full <= t {
+		return // full again already: nothing a missing entry would not say
+	}
+	l.maybeSweep(t)
+	sh := l.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old, ok := sh.full[key]
+	if !ok {
+		l.makeRoom(sh, t)
+	}
+	sh.full[key] = max(old, full)
+}
+
+// maybeSweep clears idle sources out of every shard, at most once a
+// burst's worth of time: memory then follows recent failures, not all the
+// sources ever seen, without a goroutine to start and stop.
+func (l *failureLimiter) maybeSweep(t int64) {
 	if last := l.lastSweep.Load(); t-last >= l.burst*l.interval && l.lastSweep.CompareAndSwap(last, t) {
 		for i := range l.shards {
 			sh := &l.shards[i]
@@ -125,25 +165,18 @@ func (l *failureLimiter) fail(key netip.Addr, now time.Time) (exhausted bool) {
 			sh.mu.Unlock()
 		}
 	}
-	sh := l.shard(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	full, ok := sh.full[key]
-	if !ok {
-		if len(sh.full) >= l.perShard {
-			l.sweep(sh, t)
-		}
-		if len(sh.full) >= l.perShard {
-			l.evictNearestFull(sh)
-		}
-		l.tracked.Add(1)
+}
+
+// makeRoom counts a new entry about to go into sh, first making room for it
+// if sh is full. Under sh.mu.
+func (l *failureLimiter) makeRoom(sh *limiterShard, t int64) {
+	if len(sh.full) >= l.perShard {
+		l.sweep(sh, t)
 	}
-	// Every failure costs an interval, uncapped: failures that raced past
-	// blocked together pay for each of them, or a burst of parallel guesses
-	// would cost one interval.
-	full = max(full, t) + l.interval
-	sh.full[key] = full
-	return full-t > (l.burst-1)*l.interval
+	if len(sh.full) >= l.perShard {
+		l.evictNearestFull(sh)
+	}
+	l.tracked.Add(1)
 }
 
 // sweep forgets the sources whose bucket is full again.

@@ -23,6 +23,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
 )
@@ -46,8 +48,12 @@ type Server struct {
 
 	now     func() time.Time // the rate limiter's clock
 	limiter *failureLimiter  // nil: failed authentications are not limited
-	trusted []netip.Prefix   // proxies whose X-Forwarded-For is believed
-	metrics metrics
+	// failureKV, when set, holds the budget all instances share; shared
+	// keeps limiter and it in step (sharedlimit.go).
+	failureKV jetstream.KeyValue
+	shared    *sharedFailures
+	trusted   []netip.Prefix // proxies whose X-Forwarded-For is believed
+	metrics   metrics
 
 	failureBurst    int
 	failureInterval time.Duration
@@ -99,6 +105,9 @@ func NewServer(ledger *app.Ledger, log *slog.Logger, health func(context.Context
 		o(s)
 	}
 	s.limiter = newFailureLimiter(s.failureBurst, s.failureInterval, s.failureSources)
+	if s.failureKV != nil && s.limiter != nil {
+		s.shared = startSharedFailures(s.failureKV, s.limiter, s.now, log)
+	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /openapi.yaml", s.openapi)
@@ -356,7 +365,11 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, src netip.Addr) 
 // budget, whichever front end it came through.
 func (s *Server) chargeFailure(r *http.Request, src netip.Addr) {
 	s.metrics.authFailures.Add(1)
-	if s.limiter.fail(src, s.now()) {
+	now := s.now()
+	if s.shared != nil {
+		s.shared.charge(src, now)
+	}
+	if s.limiter.fail(src, now) {
 		// Once per source and lockout, not per refused request.
 		s.log.Warn("failed-authentication limit reached", "request_id", requestID(r.Context()), "source_ip", sourceIP(r),
 			"retry_after_s", retryAfterSeconds(s.failureInterval))

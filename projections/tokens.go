@@ -59,6 +59,8 @@ type Tokens struct {
 	// feedFault is why the view's feed cannot be trusted now (see
 	// SetFeedFault); nil: no known fault.
 	feedFault atomic.Pointer[error]
+	// onUse is told of each last use MarkUsed moves (see OnUse).
+	onUse atomic.Pointer[func(org, id string, at time.Time)]
 }
 
 type tokenKey struct{ org, id string }
@@ -547,5 +549,44 @@ func (v *Tokens) MarkUsed(d Verdict, now time.Time) {
 	}
 	if d.ent.lastUsed.CompareAndSwap(last, at) {
 		v.uses.Add(1)
+		if f := v.onUse.Load(); f != nil {
+			(*f)(d.token.OrganizationID(), d.token.ID(), time.Unix(at, 0))
+		}
+	}
+}
+
+// OnUse has f told of every last use MarkUsed moves: at most once every
+// LastUsedEvery per token, so that other instances of the ledger can be
+// told too (shared.ShareLastUsed). f runs on the request's path and must
+// not block. A last use taken in with MergeLastUsed is not passed on.
+func (v *Tokens) OnUse(f func(org, id string, at time.Time)) {
+	if f == nil {
+		v.onUse.Store(nil)
+		return
+	}
+	v.onUse.Store(&f)
+}
+
+// MergeLastUsed takes in a last use of token (org, id) recorded elsewhere
+// (another instance of the ledger): the token's last use becomes the later
+// of the two, to the second; it never moves back. It reports false when the
+// view holds no such token (yet: its creation may still be on its way).
+func (v *Tokens) MergeLastUsed(org, id string, at time.Time) bool {
+	v.mu.RLock()
+	ent := v.byKey[tokenKey{org, id}]
+	v.mu.RUnlock()
+	if ent == nil {
+		return false
+	}
+	u := at.Unix()
+	for {
+		last := ent.lastUsed.Load()
+		if u <= last {
+			return true
+		}
+		if ent.lastUsed.CompareAndSwap(last, u) {
+			v.uses.Add(1)
+			return true
+		}
 	}
 }

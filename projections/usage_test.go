@@ -232,3 +232,51 @@ func BenchmarkVerifyKinds(b *testing.B) {
 		})
 	}
 }
+
+// A view passes on each last use it moves, and only those (at most one per
+// token every LastUsedEvery); a last use taken in from elsewhere moves the
+// view's forward, never back, is not passed on again, and is worth a
+// snapshot. A token the view does not hold takes nothing in.
+func TestLastUsesMovedArePassedOnAndOnesFromElsewhereTakenIn(t *testing.T) {
+	v := projections.NewTokens()
+	tok, created, secret := create(t, nil)
+	must(t, v.Apply(1, created))
+	type stamp struct {
+		org, id string
+		at      time.Time
+	}
+	var told []stamp
+	v.OnUse(func(org, id string, at time.Time) { told = append(told, stamp{org, id, at}) })
+	use := func(at time.Time) { v.MarkUsed(v.Verify(secret, at), at) }
+	first := t0.Add(time.Minute)
+	use(first)
+	use(first.Add(10 * time.Second))
+	if len(told) != 1 || told[0].org != "acme" || told[0].id != tok.ID() || !told[0].at.Equal(first) {
+		t.Fatalf("told %+v, want one stamp: acme, %s, %v", told, tok.ID(), first)
+	}
+	if _, err := v.SaveSnapshot(filepath.Join(t.TempDir(), "s.snap"), "TOKENS", t0); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := first.Add(20 * time.Second)
+	if !v.MergeLastUsed("acme", tok.ID(), elsewhere) {
+		t.Fatal("the view does not hold the token it holds")
+	}
+	got, _, _ := v.Get("acme", tok.ID())
+	if !got.LastUsedAt().Equal(elsewhere) || len(told) != 1 || !v.UsesUnsaved() {
+		t.Fatalf("after a use from elsewhere at %v: last use %v, told %d times, unsaved %v", elsewhere, got.LastUsedAt(), len(told), v.UsesUnsaved())
+	}
+	v.MergeLastUsed("acme", tok.ID(), first)
+	if got, _, _ := v.Get("acme", tok.ID()); !got.LastUsedAt().Equal(elsewhere) {
+		t.Fatalf("an older use from elsewhere moved the last use back to %v", got.LastUsedAt())
+	}
+	// The local throttle counts from the stamp taken in: a use 20 s after
+	// it moves nothing, one 30 s after does and is passed on.
+	use(elsewhere.Add(20 * time.Second))
+	use(elsewhere.Add(30 * time.Second))
+	if len(told) != 2 || !told[1].at.Equal(elsewhere.Add(30*time.Second)) {
+		t.Fatalf("told %+v, want a second stamp 30 s after the one taken in", told)
+	}
+	if v.MergeLastUsed("acme", "tok_nobody", elsewhere) {
+		t.Fatal("a token the view does not hold took a last use in")
+	}
+}
