@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokenledger/tokenledger/domain"
+	"github.com/tokenledger/tokenledger/eventstore"
 )
 
 // Source is where a request came from. Authenticate records it in the
@@ -368,7 +369,11 @@ func (w *reuseWriter) write(l *Ledger, r reuseBatch) {
 			return
 		}
 		env.EventID = e.ID
-		ap, err := l.store.Append(w.ctx, e, last)
+		x, err := l.expectationFor(tok, last)
+		var ap eventstore.Appended
+		if err == nil {
+			ap, err = l.appendExpecting(w.ctx, e, x)
+		}
 		switch {
 		case err == nil:
 			done()
