@@ -319,7 +319,8 @@ func (s *multiSuite) frozenServer(t *testing.T) {
 	s.proxies[1].setRefuse(true)
 	waitUntil(t, 45*time.Second, "C on n3 and ready", func() (bool, string) {
 		ok, why := s.ready(c)
-		return ok && s.proxies[2].live.Load() >= 2, fmt.Sprintf("%d connections through n3's proxy; %s", s.proxies[2].live.Load(), why)
+		live := [3]int32{s.proxies[0].live.Load(), s.proxies[1].live.Load(), s.proxies[2].live.Load()}
+		return ok && live[0] == 0 && live[1] == 0 && live[2] > 0, fmt.Sprintf("connections through the proxies to n1, n2, n3: %v; %s", live, why)
 	})
 	s.proxies[0].setRefuse(false)
 	s.proxies[1].setRefuse(false)
