@@ -175,19 +175,14 @@ func (s *multiSuite) startTogether(t *testing.T) {
 	var outs []string
 	var bootOut []*syncBuffer
 	if s.hasBootstrap {
-		for i := range 2 {
+		for range 2 {
 			out := filepath.Join(t.TempDir(), "bootstrap-token")
-			args := []string{"bootstrap", "--nats-url", s.cluster.urls(0, 1, 2), "--nats-credentials", s.cluster.credentials, "--out", out}
-			if help, _ := exec.Command(s.ledgerBin, "bootstrap", "--help").CombinedOutput(); strings.Contains(string(help), "--org") {
-				args = append(args, "--org", multiOrg)
-			}
-			cmd := exec.Command(s.ledgerBin, args...)
+			cmd := exec.Command(s.ledgerBin, s.bootstrapArgs(out)...)
 			buf := &syncBuffer{}
 			cmd.Stdout, cmd.Stderr = buf, buf
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			_ = i
 			boots, outs, bootOut = append(boots, cmd), append(outs, out), append(bootOut, buf)
 		}
 	}
@@ -206,7 +201,15 @@ func (s *multiSuite) startTogether(t *testing.T) {
 	}
 	var secretFiles []string
 	for i, cmd := range boots {
-		err := cmd.Wait()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		var err error
+		select {
+		case err = <-exited:
+		case <-time.After(90*time.Second - time.Since(started)):
+			_ = cmd.Process.Kill()
+			err = fmt.Errorf("still running after 90 s: %v", <-exited)
+		}
 		if err != nil {
 			t.Errorf("ledger bootstrap #%d, run beside another: %v\n%s", i+1, err, bootOut[i].String())
 		}
@@ -227,13 +230,53 @@ func (s *multiSuite) startTogether(t *testing.T) {
 	if len(secretFiles) > 1 {
 		t.Errorf("bootstrap secrets written %d times (%v): exactly one bootstrap token per organization", len(secretFiles), secretFiles)
 	}
-	if len(secretFiles) > 0 {
-		b, err := os.ReadFile(secretFiles[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.bootstrapSecret = strings.TrimSpace(string(b))
+	if len(secretFiles) == 0 {
+		return
 	}
+	b, err := os.ReadFile(secretFiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.bootstrapSecret = strings.TrimSpace(string(b))
+	// The stream holds one token, the bootstrap token, and the secret
+	// written is its.
+	for _, l := range s.ledgers {
+		select {
+		case <-l.serving:
+		default:
+			continue
+		}
+		a := s.call(l, "GET", "/v1/tokens", caller{secret: s.bootstrapSecret}, nil, nil)
+		var list httpapi.TokenList
+		if a.status != http.StatusOK || json.Unmarshal(a.body, &list) != nil {
+			t.Errorf("ledger %s, the bootstrap secret listing tokens: %s", l.name, a)
+			continue
+		}
+		// Nothing else has been made yet: the organization's one token.
+		if len(list.Tokens) != 1 || list.Tokens[0].Role != domain.RoleOrganizationOwner {
+			var names []string
+			for _, tok := range list.Tokens {
+				names = append(names, fmt.Sprintf("%s (%s)", tok.Name, tok.Role))
+			}
+			t.Errorf("ledger %s lists %v on a stream just bootstrapped, want exactly one ORGANIZATION_OWNER", l.name, names)
+		}
+		break
+	}
+}
+
+// bootstrapArgs is the command line of `ledger bootstrap` on the suite's
+// cluster, as docker-compose.yml runs it (with the suite's organization and
+// the ledgers' replicas where it takes them).
+func (s *multiSuite) bootstrapArgs(out string) []string {
+	args := []string{"bootstrap", "--nats-url", s.cluster.urls(0, 1, 2), "--nats-credentials", s.cluster.credentials, "--out", out}
+	help, _ := exec.Command(s.ledgerBin, "bootstrap", "--help").CombinedOutput()
+	if strings.Contains(string(help), "--org") {
+		args = append(args, "--org", multiOrg)
+	}
+	if strings.Contains(string(help), "--replicas") {
+		args = append(args, "--replicas", "3")
+	}
+	return args
 }
 
 // ensureServing brings up, one at a time, the ledgers the first subtest
@@ -261,7 +304,7 @@ func (s *multiSuite) ensureServing(t *testing.T) {
 	}
 	if s.hasBootstrap {
 		out := filepath.Join(t.TempDir(), "bootstrap-token")
-		cmd := exec.Command(s.ledgerBin, "bootstrap", "--nats-url", s.cluster.urls(0, 1, 2), "--nats-credentials", s.cluster.credentials, "--out", out)
+		cmd := exec.Command(s.ledgerBin, s.bootstrapArgs(out)...)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("ledger bootstrap: %v\n%s", err, b)
 		}
