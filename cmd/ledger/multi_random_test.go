@@ -173,6 +173,9 @@ func (s *multiSuite) randomCommands(t *testing.T) {
 	var latest time.Duration // the latest acceptance of a retired secret seen, after its command
 	statuses := map[string]int{}
 	commands := 0
+	s.mu.Lock()
+	refusedBefore := len(s.refused)
+	s.mu.Unlock()
 	// Deployments split before this part began (by the race above) are
 	// not this part's doing.
 	split := map[string]bool{}
@@ -367,6 +370,18 @@ func (s *multiSuite) randomCommands(t *testing.T) {
 
 		// The rules, the views, on the stream's head.
 		head := s.head(t)
+		s.viewAt(t, head)
+		s.mu.Lock()
+		newlyRefused := s.refused[min(refusedBefore, len(s.refused)):]
+		refusedBefore = len(s.refused)
+		s.mu.Unlock()
+		for _, r := range newlyRefused {
+			events := ""
+			if m := refusedToken.FindStringSubmatch(r); m != nil {
+				events = s.eventsOf(t, m[1])
+			}
+			violate("history", "batch %d: %s (answers: %s; the token's events: %s)", batch, r, describe(cmds), events)
+		}
 		if len(s.lastingOwners(t, head)) == 0 {
 			violate("owner", "batch %d: no lasting owner left (answers: %s)", batch, describe(cmds))
 			tok, a := s.create(s.ledgers[0], s.admin, httpapi.CreateRequest{Scope: "organization", Name: fmt.Sprintf("restored owner %d", batch), Role: string(domain.RoleOrganizationOwner)})

@@ -96,6 +96,10 @@ type multiSuite struct {
 	// secrets the suite issued, by token id: the current one.
 	mu      sync.Mutex
 	secrets map[string]string
+	// refused is what the test's view refused of the stream: an event
+	// that does not follow its token's history, which only a writer that
+	// got concurrency control wrong stores.
+	refused []string
 	// lastUse: a token used once, on A, early on.
 	lastUseID string
 	lastUseAt time.Time
@@ -111,6 +115,7 @@ func TestManyLedgersOnOneJetStreamCluster(t *testing.T) {
 	s.prepare(t)
 	t.Run("TwoOwnersDeletingEachOtherLeaveALastingOwner", s.ownersDeletingEachOther)
 	t.Run("ADeploymentGetsTokensInOneWorkspaceOnly", s.deploymentInTwoWorkspaces)
+	t.Run("AnOwnersLossAndAnotherChangeToItAreStoredInOrder", s.ownerLossBesideAnotherChange)
 	t.Run("ATokenMadeOnOneInstanceIsAcceptedOnTheNext", s.madeHereAcceptedThere)
 	t.Run("AConsoleSessionIsEveryInstances", s.consoleSession)
 	t.Run("FailedAuthenticationsSpendOneBudget", s.oneFailureBudget)
@@ -122,6 +127,44 @@ func TestManyLedgersOnOneJetStreamCluster(t *testing.T) {
 	t.Run("PartitionedInstanceAnswers503", s.partitioned)
 	t.Run("ASecondServeOnOneDataDirectoryFailsNamingThePID", s.dataDirLocked)
 	t.Run("AfterAFullRestartInstancesStartedBeforeALeaderAllComeUp", s.fullRestart)
+	t.Run("EveryStoredEventFollowsItsTokensHistory", s.everyEventApplies)
+}
+
+var refusedToken = regexp.MustCompile(`token (tok_[a-z2-7]+)`)
+
+// everyEventApplies: the stream the ledgers wrote, read from the first
+// event by the test, holds no event its token's history refuses (one
+// decided on a version that was not the token's last, say). For each
+// refusal it logs the token's events as the stream holds them.
+func (s *multiSuite) everyEventApplies(t *testing.T) {
+	s.viewAt(t, s.head(t))
+	s.mu.Lock()
+	refused := slices.Clone(s.refused)
+	s.mu.Unlock()
+	if n := s.view.Rejected(); n > 0 || len(refused) > 0 {
+		t.Errorf("the test's view refused %d events of the stream: %s", n, strings.Join(refused, "; "))
+	}
+	for _, r := range refused {
+		if m := refusedToken.FindStringSubmatch(r); m != nil {
+			t.Logf("token %s in the stream: %s", m[1], s.eventsOf(t, m[1]))
+		}
+	}
+}
+
+// eventsOf is a token's events as the stream holds them: sequence, type,
+// version, actor.
+func (s *multiSuite) eventsOf(t *testing.T, id string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recs, err := s.store.Load(ctx, multiOrg, id)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, r := range recs {
+		out = append(out, fmt.Sprintf("%d %s v%d by %s", r.Sequence, r.Event.Type, r.Event.Version, r.Event.Actor.TokenID))
+	}
+	return strings.Join(out, ", ")
 }
 
 func newMultiSuite(t *testing.T) *multiSuite {
@@ -362,7 +405,14 @@ func (s *multiSuite) prepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.view = projections.NewTokens()
-	t.Cleanup(app.Feed(s.store, s.view, func(err error) { t.Logf("the test's view: %v", err) }))
+	t.Cleanup(app.Feed(s.store, s.view, func(err error) {
+		t.Logf("the test's view: %v", err)
+		if strings.HasPrefix(err.Error(), "refused") {
+			s.mu.Lock()
+			s.refused = append(s.refused, err.Error())
+			s.mu.Unlock()
+		}
+	}))
 
 	boot := caller{secret: s.bootstrapSecret}
 	admin, a := s.create(s.ledgers[0], boot, httpapi.CreateRequest{Scope: "organization", Name: "suite admin",
@@ -667,6 +717,66 @@ func (s *multiSuite) deploymentInTwoWorkspaces(t *testing.T) {
 	}
 	if both > 0 {
 		t.Errorf("in %d of %d rounds both tokens were created: one deployment with tokens in two workspaces", both, rounds)
+	}
+}
+
+// ownerLossBesideAnotherChange: an owner token loses its role (deleted, or
+// demoted) through one ledger while another change is made to it
+// (assigned to a workspace, renamed) through another, at the same moment.
+// Either may win, or both in turn, but every event stored follows the
+// token's history: none is stored on a version that was not the token's
+// last (which every view would refuse, quarantining the token instead of
+// applying the acknowledged command). The owner's loss is the command a
+// rule spans (it expects the organization's last sequence), the other one
+// expects only the token's.
+func (s *multiSuite) ownerLossBesideAnotherChange(t *testing.T) {
+	const rounds = 16
+	s.mu.Lock()
+	before := len(s.refused)
+	s.mu.Unlock()
+	// A lasting owner that stays: the rule lets the others go.
+	keeper, a := s.create(s.ledgers[0], s.admin, httpapi.CreateRequest{Scope: "organization", Name: "keeper", Role: string(domain.RoleOrganizationOwner)})
+	if a.status != http.StatusCreated {
+		t.Fatalf("create: %s", a)
+	}
+	_ = keeper
+	outcomes := map[string]int{}
+	for round := range rounds {
+		tok, a := s.create(s.ledgers[round%3], s.admin, httpapi.CreateRequest{Scope: "organization", Name: fmt.Sprintf("owner %d", round), Role: string(domain.RoleOrganizationOwner)})
+		if a.status != http.StatusCreated {
+			t.Fatalf("create: %s", a)
+		}
+		s.knownEverywhere(t, tok.Sequence)
+		l1, l2 := s.ledgers[round%3], s.ledgers[(round+1)%3]
+		loss := func() answer { return s.call(l1, "DELETE", "/v1/tokens/"+tok.ID, s.admin, nil, nil) }
+		if round%2 == 1 {
+			loss = func() answer {
+				return s.call(l1, "PATCH", "/v1/tokens/"+tok.ID, s.admin, httpapi.UpdateRequest{Role: ptr(string(domain.RoleOrganizationMember))}, nil)
+			}
+		}
+		other := func() answer {
+			return s.call(l2, "PUT", "/v1/tokens/"+tok.ID+"/workspaces/ws-owner-race", s.admin, httpapi.AssignRequest{Role: string(domain.RoleWorkspaceOwner)}, nil)
+		}
+		if round%4 >= 2 {
+			other = func() answer {
+				return s.call(l2, "PATCH", "/v1/tokens/"+tok.ID, s.admin, httpapi.UpdateRequest{Name: ptr(fmt.Sprintf("owner %d renamed", round))}, nil)
+			}
+		}
+		got := s.race(loss, other)
+		outcomes[fmt.Sprintf("%d+%d", got[0].status, got[1].status)]++
+		s.viewAt(t, s.head(t))
+	}
+	s.mu.Lock()
+	refused := slices.Clone(s.refused[before:])
+	s.mu.Unlock()
+	t.Logf("%d rounds; answers (loss+other): %v", rounds, outcomes)
+	if len(refused) > 0 {
+		t.Errorf("%d of %d rounds stored an event on a version that was not its token's last: %s", len(refused), rounds, strings.Join(refused, "; "))
+		for _, r := range refused {
+			if m := refusedToken.FindStringSubmatch(r); m != nil {
+				t.Logf("token %s in the stream: %s", m[1], s.eventsOf(t, m[1]))
+			}
+		}
 	}
 }
 
