@@ -19,6 +19,7 @@ import (
 	composecli "github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/spf13/cobra"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tokenledger/tokenledger/natsaccess"
@@ -38,17 +39,21 @@ var natsServices = []string{"n1", "n2", "n3"}
 // server's files out as its mounts would (the configuration from the
 // repository, the setup's output beside it) and reads its effective
 // configuration with nats-server's own parser (the command line and the
-// configuration file with its includes), reads the ledger's command line
-// with `ledger serve`'s flags, and checks that they make the production
-// shape, locked down.
+// configuration file with its includes), reads each ledger's command line
+// with `ledger serve`'s flags and the bootstrap's with `ledger bootstrap`'s,
+// reads the load balancer's HAProxy configuration, and checks that they
+// make the production shape, locked down: several ledgers on one stream
+// behind a round-robin load balancer (issue 17).
 func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) {
 	project := loadCompose(t)
 	fs := &composeFS{t: t, volumes: map[string]string{}}
 
 	// The setup: run once before anything else, from the ledger's image,
 	// into a named volume.
-	setup, creds := runComposeSetup(t, project, fs)
-	for _, name := range append(slices.Clone(natsServices), "ledger") {
+	ledgers := ledgerServices(t, project)
+	setup, creds := runComposeSetup(t, project, fs, ledgers[0])
+	boot := bootstrapService(t, project)
+	for _, name := range append(append(slices.Clone(natsServices), ledgers...), boot) {
 		if dep, ok := project.Services[name].DependsOn[setup.name]; !ok || dep.Condition != types.ServiceConditionCompletedSuccessfully {
 			t.Errorf("%s: depends_on %s = %+v, want condition %s: it needs the files the setup writes", name, setup.name, dep, types.ServiceConditionCompletedSuccessfully)
 		}
@@ -115,70 +120,328 @@ func TestDockerComposeRunsTheLedgerOnAThreeServerJetStreamCluster(t *testing.T) 
 		clientPorts[name] = opts.Port
 	}
 
-	// The ledger: on all three servers with the setup's credentials, the
-	// stream replicated on all three, started once they are healthy.
-	ledger, ok := project.Services["ledger"]
-	if !ok {
-		t.Fatal("no service ledger")
+	// The ledgers: on all three servers with the setup's credentials, the
+	// stream replicated on all three, started once they are healthy and the
+	// bootstrap has run, each with a data volume of its own.
+	ports := map[string]string{}
+	dataVolumes := map[string]string{}
+	for _, name := range ledgers {
+		ledger := project.Services[name]
+		if ledger.Build == nil || filepath.Clean(ledger.Build.Context) != absRoot(t) || !(ledger.Build.Dockerfile == "" || ledger.Build.Dockerfile == "Dockerfile") {
+			t.Errorf("%s: build %+v, want the repository's Dockerfile", name, ledger.Build)
+		}
+		args := []string(ledger.Command)
+		serve := newServeCmd(io.Discard, io.Discard, new(bool))
+		if err := serve.ParseFlags(args[1:]); err != nil {
+			t.Fatalf("%s: command %q: %v", name, args, err)
+		}
+		flags := serve.Flags()
+		checkClusterFlags(t, name, flags.Lookup("nats-url").Value.String(), flags.Lookup("nats-credentials").Value.String(), ledger, fs, creds, setup, clientPorts)
+		if s := flags.Lookup("stream").Value.String(); s != setup.stream {
+			t.Errorf("%s: --stream %s, but %s configured the servers' accounts for stream %s", name, s, setup.name, setup.stream)
+		}
+		if r := flags.Lookup("replicas").Value.String(); r != strconv.Itoa(len(natsServices)) {
+			t.Errorf("%s: --replicas %s, want %d: one replica on each server", name, r, len(natsServices))
+		}
+		host, port, err := net.SplitHostPort(flags.Lookup("http").Value.String())
+		if err != nil || host != "0.0.0.0" {
+			t.Errorf("%s: --http %s, want 0.0.0.0:PORT to be reachable from outside its container", name, flags.Lookup("http").Value)
+		}
+		ports[name] = port
+		if len(ledger.Ports) > 0 {
+			t.Errorf("%s: ports %+v published: the API is reached through the load balancer, which spreads requests over the ledgers", name, ledger.Ports)
+		}
+		switch vol := volumeAt(ledger, flags.Lookup("data").Value.String()); {
+		case vol == nil || vol.Type != types.VolumeTypeVolume:
+			t.Errorf("%s: --data %s is not on a named volume: the view's snapshot would be lost with the container", name, flags.Lookup("data").Value)
+		case dataVolumes[vol.Source] != "":
+			t.Errorf("%s and %s share the data volume %s: a data directory is one ledger's", dataVolumes[vol.Source], name, vol.Source)
+		default:
+			dataVolumes[vol.Source] = name
+		}
+		checkHealthcheck(t, ledger, fmt.Sprintf("http://127.0.0.1:%s/readyz", port))
+		for _, dep := range natsServices {
+			if d, ok := ledger.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
+				t.Errorf("%s: depends_on %s = %+v, want condition %s", name, dep, d, types.ServiceConditionHealthy)
+			}
+		}
+		if d, ok := ledger.DependsOn[boot]; !ok || d.Condition != types.ServiceConditionCompletedSuccessfully {
+			t.Errorf("%s: depends_on %s = %+v, want condition %s: `ledger serve` makes no bootstrap token", name, boot, d, types.ServiceConditionCompletedSuccessfully)
+		}
 	}
-	if ledger.Build == nil || filepath.Clean(ledger.Build.Context) != absRoot(t) || !(ledger.Build.Dockerfile == "" || ledger.Build.Dockerfile == "Dockerfile") {
-		t.Errorf("ledger: build %+v, want the repository's Dockerfile", ledger.Build)
+	checkComposeBootstrap(t, project, fs, boot, ledgers[0], creds, setup, clientPorts)
+	checkLoadBalancer(t, project, ledgers, ports)
+}
+
+// ledgerServices is the services that run `ledger serve`: several, one
+// stream.
+func ledgerServices(t *testing.T, project *types.Project) []string {
+	t.Helper()
+	var out []string
+	for name, svc := range project.Services {
+		if c := []string(svc.Command); len(c) > 0 && c[0] == "serve" {
+			out = append(out, name)
+		}
 	}
-	args := []string(ledger.Command)
-	if len(args) == 0 || args[0] != "serve" {
-		t.Fatalf("ledger: command %q, want serve", args)
+	slices.Sort(out)
+	if len(out) < 2 {
+		t.Fatalf("services running `ledger serve`: %v, want at least two behind the load balancer", out)
 	}
-	serve := newServeCmd(io.Discard, io.Discard, new(bool))
-	if err := serve.ParseFlags(args[1:]); err != nil {
-		t.Fatalf("ledger: command %q: %v", args, err)
+	return out
+}
+
+// bootstrapService is the one service that runs `ledger bootstrap`.
+func bootstrapService(t *testing.T, project *types.Project) string {
+	t.Helper()
+	var found []string
+	for name, svc := range project.Services {
+		if c := []string(svc.Command); len(c) > 0 && c[0] == "bootstrap" {
+			found = append(found, name)
+		}
 	}
-	flags := serve.Flags()
-	urls := strings.Split(flags.Lookup("nats-url").Value.String(), ",")
+	if len(found) != 1 {
+		t.Fatalf("services running `ledger bootstrap`: %v, want one: it makes the first owner token before the ledgers start", found)
+	}
+	return found[0]
+}
+
+// checkClusterFlags: --nats-url names every server, and --nats-credentials
+// is the file the setup wrote, on one of the service's volumes.
+func checkClusterFlags(t *testing.T, name, natsURL, credPath string, svc types.ServiceConfig, fs *composeFS, creds natsaccess.Credentials, setup composeSetup, clientPorts map[string]int) {
+	t.Helper()
+	urls := strings.Split(natsURL, ",")
 	slices.Sort(urls)
 	var wantURLs []string
-	for _, name := range natsServices {
-		wantURLs = append(wantURLs, fmt.Sprintf("nats://%s:%d", name, clientPorts[name]))
+	for _, n := range natsServices {
+		wantURLs = append(wantURLs, fmt.Sprintf("nats://%s:%d", n, clientPorts[n]))
 	}
 	if !slices.Equal(urls, wantURLs) {
-		t.Errorf("ledger: --nats-url %v, want every server: %v", urls, wantURLs)
+		t.Errorf("%s: --nats-url %v, want every server: %v", name, urls, wantURLs)
 	}
-	switch credPath := flags.Lookup("nats-credentials").Value.String(); {
-	case credPath == "":
-		t.Errorf("ledger: no --nats-credentials: `ledger serve --nats-url` refuses to start without the setup's %s", natsCredentialsFile)
-	default:
-		host, ok := fs.hostPath(ledger, credPath)
-		if !ok {
-			t.Errorf("ledger: --nats-credentials %s is on none of its volumes", credPath)
-			break
+	if credPath == "" {
+		t.Errorf("%s: no --nats-credentials: the ledger refuses --nats-url without the setup's %s", name, natsCredentialsFile)
+		return
+	}
+	host, ok := fs.hostPath(svc, credPath)
+	if !ok {
+		t.Errorf("%s: --nats-credentials %s is on none of its volumes", name, credPath)
+		return
+	}
+	got, err := natsaccess.LoadCredentials(host)
+	if err != nil {
+		t.Errorf("%s: --nats-credentials %s: %v", name, credPath, err)
+	} else if got != creds {
+		t.Errorf("%s: --nats-credentials %s is not the file %s wrote", name, credPath, setup.name)
+	}
+}
+
+// checkComposeBootstrap: the bootstrap runs once, from the ledgers' image,
+// once the servers are healthy, on the ledgers' cluster and stream, and
+// writes the secret into a named volume the image lets it write.
+func checkComposeBootstrap(t *testing.T, project *types.Project, fs *composeFS, name, ledgerName string, creds natsaccess.Credentials, setup composeSetup, clientPorts map[string]int) {
+	t.Helper()
+	svc, ledger := project.Services[name], project.Services[ledgerName]
+	if svc.Build == nil || ledger.Build == nil || svc.Build.Context != ledger.Build.Context || svc.Image != ledger.Image || svc.Entrypoint != nil {
+		t.Errorf("%s: build %+v image %q entrypoint %q, want the ledgers' image and its entrypoint", name, svc.Build, svc.Image, svc.Entrypoint)
+	}
+	if svc.Restart != "" && svc.Restart != types.RestartPolicyNo {
+		t.Errorf("%s: restart %q: it runs once, and the ledgers wait for it to complete", name, svc.Restart)
+	}
+	for _, dep := range natsServices {
+		if d, ok := svc.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("%s: depends_on %s = %+v, want condition %s", name, dep, d, types.ServiceConditionHealthy)
 		}
-		got, err := natsaccess.LoadCredentials(host)
-		if err != nil {
-			t.Errorf("ledger: --nats-credentials %s: %v", credPath, err)
-		} else if got != creds {
-			t.Errorf("ledger: --nats-credentials %s is not the file %s wrote", credPath, setup.name)
+	}
+	args := []string(svc.Command)
+	var cmd *cobra.Command
+	root := newRootCmd(strings.NewReader(""), io.Discard, io.Discard, func(string) string { return "" }, new(bool))
+	if found, _, err := root.Find(args[:1]); err == nil && found != root && found.Name() == "bootstrap" {
+		cmd = found
+	}
+	if cmd == nil {
+		t.Errorf("%s: command %q, and this ledger has no `bootstrap` command", name, args)
+		return
+	}
+	if err := cmd.ParseFlags(args[1:]); err != nil {
+		t.Errorf("%s: command %q: %v", name, args, err)
+		return
+	}
+	flags := cmd.Flags()
+	value := func(f string) string {
+		if fl := flags.Lookup(f); fl != nil {
+			return fl.Value.String()
+		}
+		return ""
+	}
+	checkClusterFlags(t, name, value("nats-url"), value("nats-credentials"), svc, fs, creds, setup, clientPorts)
+	if s := flags.Lookup("stream"); s != nil && s.Value.String() != setup.stream {
+		t.Errorf("%s: --stream %s, but the ledgers use %s", name, s.Value, setup.stream)
+	}
+	if r := flags.Lookup("replicas"); r != nil && r.Value.String() != strconv.Itoa(len(natsServices)) {
+		t.Errorf("%s: --replicas %s: should it make the stream, it must be the ledgers' (%d)", name, r.Value, len(natsServices))
+	}
+	out := value("out")
+	vol := volumeContaining(svc, out)
+	if out == "" || vol == nil || vol.Type != types.VolumeTypeVolume {
+		t.Errorf("%s: --out %q is not on a named volume: the secret would be lost with the container", name, out)
+		return
+	}
+	if vol.ReadOnly {
+		t.Errorf("%s: --out %s is on a read-only mount", name, out)
+	}
+	checkImageOwns(t, name, vol.Target)
+}
+
+// haproxySection is a section of an HAProxy configuration: its keyword
+// and name ("backend ledgers"), and its lines without comments.
+type haproxySection struct {
+	kind, name string
+	lines      [][]string
+}
+
+// readHAProxy splits an HAProxy configuration into sections.
+func readHAProxy(t *testing.T, path string) []haproxySection {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []haproxySection
+	for _, line := range strings.Split(string(b), "\n") {
+		if i := strings.Index(line, "#"); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "global", "defaults", "frontend", "backend", "listen", "resolvers", "peers", "userlist", "program", "http-errors", "ring", "cache":
+			sec := haproxySection{kind: f[0]}
+			if len(f) > 1 {
+				sec.name = f[1]
+			}
+			out = append(out, sec)
+			continue
+		}
+		if len(out) == 0 {
+			t.Fatalf("%s: %q before any section", path, line)
+		}
+		out[len(out)-1].lines = append(out[len(out)-1].lines, f)
+	}
+	return out
+}
+
+// has: the section has a line starting with these words.
+func (s haproxySection) has(words ...string) bool {
+	return slices.ContainsFunc(s.lines, func(l []string) bool { return len(l) >= len(words) && slices.Equal(l[:len(words)], words) })
+}
+
+// checkLoadBalancer: an off-the-shelf HAProxy image, its configuration
+// bound from docker/haproxy.cfg, publishes the API on loopback and spreads
+// requests round robin, without stickiness, over every ledger, each
+// checked with GET /readyz.
+func checkLoadBalancer(t *testing.T, project *types.Project, ledgers []string, ports map[string]string) {
+	t.Helper()
+	var name string
+	for n, svc := range project.Services {
+		if strings.HasPrefix(svc.Image, "haproxy:") {
+			name = n
 		}
 	}
-	if s := flags.Lookup("stream").Value.String(); s != setup.stream {
-		t.Errorf("ledger: --stream %s, but %s configured the servers' accounts for stream %s", s, setup.name, setup.stream)
+	if name == "" {
+		t.Fatal("no service runs an haproxy image: the ledgers need a load balancer in front")
 	}
-	if r := flags.Lookup("replicas").Value.String(); r != strconv.Itoa(len(natsServices)) {
-		t.Errorf("ledger: --replicas %s, want %d: one replica on each server", r, len(natsServices))
+	lb := project.Services[name]
+	if lb.Build != nil {
+		t.Errorf("%s: built here; want the off-the-shelf image", name)
 	}
-	host, port, err := net.SplitHostPort(flags.Lookup("http").Value.String())
-	if err != nil || host != "0.0.0.0" {
-		t.Errorf("ledger: --http %s, want 0.0.0.0:PORT to be reachable from outside its container", flags.Lookup("http").Value)
+	const confPath = "/usr/local/etc/haproxy/haproxy.cfg"
+	vol := volumeAt(lb, confPath)
+	if vol == nil || vol.Type != types.VolumeTypeBind || filepath.Clean(vol.Source) != filepath.Join(absRoot(t), "docker", "haproxy.cfg") || !vol.ReadOnly {
+		t.Fatalf("%s: %s is not docker/haproxy.cfg bound read-only: %+v", name, confPath, vol)
 	}
-	if !slices.ContainsFunc(ledger.Ports, func(p types.ServicePortConfig) bool { return strconv.Itoa(int(p.Target)) == port }) {
-		t.Errorf("ledger: no port published for the API's port %s: %+v", port, ledger.Ports)
-	}
-	if vol := volumeAt(ledger, flags.Lookup("data").Value.String()); vol == nil || vol.Type != types.VolumeTypeVolume {
-		t.Errorf("ledger: --data %s is not on a named volume: the audit signing key and the bootstrap token would be lost with the container", flags.Lookup("data").Value)
-	}
-	checkHealthcheck(t, ledger, fmt.Sprintf("http://127.0.0.1:%s/readyz", port))
-	for _, name := range natsServices {
-		if dep, ok := ledger.DependsOn[name]; !ok || dep.Condition != types.ServiceConditionHealthy {
-			t.Errorf("ledger: depends_on %s = %+v, want condition %s", name, dep, types.ServiceConditionHealthy)
+	sections := readHAProxy(t, vol.Source)
+	var frontends, backends []haproxySection
+	var defaults haproxySection
+	for _, s := range sections {
+		switch s.kind {
+		case "frontend", "listen":
+			frontends = append(frontends, s)
+		case "defaults":
+			defaults = s
 		}
+		if s.kind == "backend" || s.kind == "listen" {
+			backends = append(backends, s)
+		}
+	}
+	if !defaults.has("mode", "http") {
+		t.Errorf("haproxy.cfg: defaults without mode http: health checks and X-Forwarded-For need HTTP")
+	}
+	// The published port is a frontend's.
+	var bound []string
+	for _, f := range frontends {
+		for _, l := range f.lines {
+			if l[0] == "bind" && len(l) > 1 {
+				_, port, _ := net.SplitHostPort(l[1])
+				bound = append(bound, port)
+			}
+		}
+	}
+	if len(lb.Ports) == 0 {
+		t.Errorf("%s: no port published: the API is reached through it", name)
+	}
+	for _, p := range lb.Ports {
+		if !slices.Contains(bound, strconv.Itoa(int(p.Target))) {
+			t.Errorf("%s: port %d published, and no frontend binds it (binds %v)", name, p.Target, bound)
+		}
+	}
+	if len(backends) != 1 {
+		t.Fatalf("haproxy.cfg: %d backends, want one: the ledgers", len(backends))
+	}
+	be := backends[0]
+	if !be.has("balance", "roundrobin") {
+		t.Errorf("haproxy.cfg: backend %s does not balance roundrobin", be.name)
+	}
+	for _, sticky := range [][]string{{"cookie"}, {"stick"}, {"stick-table"}, {"balance", "source"}, {"hash-type"}, {"persist"}} {
+		if be.has(sticky...) || defaults.has(sticky...) {
+			t.Errorf("haproxy.cfg: %q: no stickiness; every ledger gives the same answer", strings.Join(sticky, " "))
+		}
+	}
+	if !be.has("option", "httpchk", "GET", "/readyz") && !(be.has("option", "httpchk") && be.has("http-check", "send", "meth", "GET", "uri", "/readyz")) {
+		t.Errorf("haproxy.cfg: backend %s does not check GET /readyz: a ledger that cannot take commands would get requests", be.name)
+	}
+	checked := be.has("default-server", "check") || slices.ContainsFunc(be.lines, func(l []string) bool { return l[0] == "default-server" && slices.Contains(l, "check") })
+	servers := map[string]bool{}
+	for _, l := range be.lines {
+		if l[0] != "server" || len(l) < 3 {
+			continue
+		}
+		host, port, err := net.SplitHostPort(l[2])
+		switch {
+		case err != nil || !slices.Contains(ledgers, host):
+			t.Errorf("haproxy.cfg: server %s at %s is not a ledger service (%v)", l[1], l[2], ledgers)
+		case port != ports[host]:
+			t.Errorf("haproxy.cfg: server %s at port %s; %s serves on %s", l[1], port, host, ports[host])
+		default:
+			servers[host] = true
+		}
+		if !checked && !slices.Contains(l, "check") {
+			t.Errorf("haproxy.cfg: server %s is not health checked", l[1])
+		}
+	}
+	for _, l := range ledgers {
+		if !servers[l] {
+			t.Errorf("haproxy.cfg: ledger %s is not a server of backend %s", l, be.name)
+		}
+	}
+	for _, l := range ledgers {
+		if _, ok := lb.DependsOn[l]; !ok {
+			t.Errorf("%s: no depends_on %s", name, l)
+		}
+	}
+	if lb.HealthCheck == nil || lb.HealthCheck.Disable || len(lb.HealthCheck.Test) < 2 {
+		t.Errorf("%s: no health check", name)
 	}
 }
 
@@ -192,7 +455,7 @@ type composeSetup struct {
 // it is the ledger's image writing into a named volume the image lets it
 // write, runs its command line for real with the volume's temporary
 // directory for DIR, and returns the credentials it made.
-func runComposeSetup(t *testing.T, project *types.Project, fs *composeFS) (composeSetup, natsaccess.Credentials) {
+func runComposeSetup(t *testing.T, project *types.Project, fs *composeFS, ledgerName string) (composeSetup, natsaccess.Credentials) {
 	t.Helper()
 	var found []string
 	for name, svc := range project.Services {
@@ -204,7 +467,7 @@ func runComposeSetup(t *testing.T, project *types.Project, fs *composeFS) (compo
 		t.Fatalf("services running `ledger nats setup`: %v, want one: the servers need its files before they start", found)
 	}
 	svc := project.Services[found[0]]
-	ledger := project.Services["ledger"]
+	ledger := project.Services[ledgerName]
 	if svc.Build == nil || ledger.Build == nil || svc.Build.Context != ledger.Build.Context || svc.Build.Dockerfile != ledger.Build.Dockerfile || svc.Image != ledger.Image {
 		t.Errorf("%s: build %+v image %q, want the ledger's (%+v, %q)", svc.Name, svc.Build, svc.Image, ledger.Build, ledger.Image)
 	}
