@@ -334,6 +334,16 @@ func (l *Ledger) waitForRead(ctx context.Context, minSeq uint64) error {
 	if err := l.reachable(); err != nil {
 		return err
 	}
+	if l.fresh.bound > 0 {
+		// A ledger within its staleness bound reaches any sequence the
+		// stream has within the bound; one that is not says so at once.
+		if err := l.Staleness(); err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.fresh.bound)
+		defer cancel()
+	}
 	last, err := l.store.LastSequence(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
