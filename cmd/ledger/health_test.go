@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,48 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
 	"github.com/tokenledger/tokenledger/natsaccess"
-	"github.com/tokenledger/tokenledger/projections"
 )
-
-// While app.Run has marked the view's feed faulty (the server delivered what
-// its consumer did not ask for; app's TestAHeadersOnlyFeedQuarantinesNothing
-// AndRecoversByItself and TestAFeedWhoseFilterIsNarrowedIsNoticedBeforeAnEvent
-// IsMissed check when Run marks and clears it), readiness names the fault on
-// the view, even with the view caught up; once cleared, it is ready again.
-func TestReadinessNamesAFeedFault(t *testing.T) {
-	ns := eventstoretest.MustServer(t)
-	nc, js := eventstoretest.MustConnect(t, ns)
-	store, err := eventstore.Open(context.Background(), js, eventstore.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	view := projections.NewTokens()
-	check := healthOf(nc, store, view, &lagWatch{})
-	viewErr := func() error {
-		for _, c := range check(context.Background()) {
-			if c.Name == "view" {
-				return c.Err
-			}
-		}
-		t.Fatal("no view component")
-		return nil
-	}
-	if err := viewErr(); err != nil {
-		t.Fatalf("view before any fault: %v", err)
-	}
-	fault := errors.New("reading the stream stopped at sequence 0, following again: " + eventstore.ErrBadDelivery.Error() + ": consumer X is not as the ledger made it: headers only")
-	view.SetFeedFault(fault)
-	if err := viewErr(); !errors.Is(err, fault) || !strings.Contains(err.Error(), "feed fault") {
-		t.Fatalf("view with a feed fault: %v", err)
-	}
-	view.SetFeedFault(nil)
-	if err := viewErr(); err != nil {
-		t.Fatalf("view once the fault is cleared: %v", err)
-	}
-}
 
 // TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith: someone who reached NATS
 // as the ledger (its own connection plays the attacker here) makes the token
@@ -72,6 +31,7 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	secret := bootstrapVia(t, ns.ClientURL(), credsFile)
 	dir := t.TempDir()
 	var logs syncBuffer
 	n, err := startLedger(context.Background(), serveOptions{
@@ -80,13 +40,9 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
-	base := "http://" + n.httpAddr
-	secret, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := httpapi.NewClient(base, strings.TrimSpace(string(secret)))
+	t.Cleanup(func() { _ = n.Close() })
+	base := "http://" + n.HTTPAddr()
+	c := httpapi.NewClient(base, secret)
 	ctx := context.Background()
 	if status, h := health(t, base+"/readyz"); status != http.StatusOK {
 		t.Fatalf("/readyz before the tampering: %d %+v", status, h)
