@@ -17,9 +17,11 @@ import (
 // is ready, rather than give up after some fixed time and leave a process
 // supervisor to start them again in a loop. Each try is bounded by
 // tryTimeout (a JetStream request sent before the cluster had a leader is
-// never answered), and the tries back off from firstPause to maxPause.
+// never answered), short enough that the log says every few seconds what
+// the start is waiting for, and the tries back off from firstPause to
+// maxPause.
 const (
-	tryTimeout = 15 * time.Second
+	tryTimeout = 5 * time.Second
 	firstPause = 100 * time.Millisecond
 	maxPause   = 5 * time.Second
 )

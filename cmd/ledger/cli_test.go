@@ -31,6 +31,21 @@ import (
 // file, for --nats-credentials.
 func startSetUpNATS(t *testing.T) (url, credentials string) {
 	t.Helper()
+	p := startSetUpNATSProcess(t)
+	return p.url, p.credentials
+}
+
+// setUpNATS is a nats-server process set up as an operator sets up theirs.
+type setUpNATS struct {
+	url, credentials string
+	cmd              *exec.Cmd
+}
+
+// startSetUpNATSProcess is startSetUpNATS, with the process (a test may
+// freeze it).
+func startSetUpNATSProcess(t *testing.T) *setUpNATS {
+	t.Helper()
+	var url string
 	bin := goBuild(t, "nats-server", "github.com/nats-io/nats-server/v2")
 	dir := t.TempDir()
 	auth := filepath.Join(dir, "auth")
@@ -82,7 +97,7 @@ func startSetUpNATS(t *testing.T) (url, credentials string) {
 		url = p.Nats[0]
 		return true, ""
 	})
-	return url, filepath.Join(auth, natsCredentialsFile)
+	return &setUpNATS{url: url, credentials: filepath.Join(auth, natsCredentialsFile), cmd: cmd}
 }
 
 // startInProcess runs `ledger serve` in this process on an external test NATS

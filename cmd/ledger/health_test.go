@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,4 +124,91 @@ func lockedNATS(t *testing.T) (accounts, credentials string) {
 		t.Fatal(err)
 	}
 	return accounts, credentials
+}
+
+// GET /healthz is what a Kubernetes liveness probe asks, and the probe has a
+// deadline of its own (1 s by default): a ledger whose probe fails is
+// restarted, which brings no NATS back. /healthz answers from what the
+// ledger already knows and never waits on NATS. With the ledger's NATS
+// server frozen (SIGSTOP: its sockets stay open and silent, as in a
+// partition or a hung process) while clients send commands, each of 20
+// probes over 3 seconds (past the 2 s the readiness check waits for the
+// stream, and past the ~3 s the ledger takes to find its connection dead)
+// is answered 200 within 100 ms; /healthz goes on to say NATS is down, and
+// /readyz says not ready. Once the server resumes, /readyz is ready again.
+func TestLivenessAnswersWithin100msWhileNATSIsFrozen(t *testing.T) {
+	ns := startSetUpNATSProcess(t)
+	secret := bootstrapVia(t, ns.url, ns.credentials)
+	n, err := startLedger(context.Background(), serveOptions{
+		dataDir: t.TempDir(), httpAddr: "127.0.0.1:0", natsURL: ns.url, natsCredentials: ns.credentials, org: "acme", stream: "TOKENS", replicas: 1,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	base := "http://" + n.HTTPAddr()
+	if status, h := health(t, base+"/readyz"); status != http.StatusOK {
+		t.Fatalf("/readyz before the freeze: %d %+v", status, h)
+	}
+
+	if err := ns.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = ns.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	// Commands in flight, waiting on the frozen server, as under load.
+	client := httpapi.NewClient(base, secret)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, _ = client.CreateToken(ctx, httpapi.CreateRequest{Scope: "organization", Name: "during the freeze"}, "")
+				cancel()
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	probe := &http.Client{Timeout: time.Second} // as a kubelet's, with its default timeout
+	var slowest time.Duration
+	for i := range 20 {
+		start := time.Now()
+		resp, err := probe.Get(base + "/healthz")
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("probe %d while NATS is frozen: %v after %s", i+1, err, took)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || took >= 100*time.Millisecond {
+			t.Errorf("probe %d while NATS is frozen: %d after %s, want 200 within 100ms", i+1, resp.StatusCode, took)
+		}
+		slowest = max(slowest, took)
+		time.Sleep(150 * time.Millisecond)
+	}
+	t.Logf("slowest of 20 liveness probes while NATS was frozen: %s", slowest)
+	waitUntil(t, 10*time.Second, "/healthz to say NATS is down and /readyz not ready", func() (bool, string) {
+		live, lh := health(t, base+"/healthz")
+		ready, rh := health(t, base+"/readyz")
+		return live == http.StatusOK && lh.Status == "degraded" && ready == http.StatusServiceUnavailable,
+			fmt.Sprintf("/healthz %d %+v, /readyz %d %+v", live, lh, ready, rh)
+	})
+
+	resume()
+	waitUntil(t, 20*time.Second, "/readyz ready once NATS resumed", func() (bool, string) {
+		status, h := health(t, base+"/readyz")
+		return status == http.StatusOK, fmt.Sprintf("%d %+v", status, h)
+	})
 }

@@ -79,15 +79,7 @@ func Start(tb testing.TB, o Options) *Ledger {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		accounts, err := creds.ServerConfig(cfg.Stream) // as `ledger nats setup` writes it
-		if err != nil {
-			tb.Fatal(err)
-		}
-		routes, err := creds.RoutesConfig()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		servers := startCluster(tb, o.Cluster, accounts, routes, natsaccess.RouteUser, creds.RoutePassword)
+		servers := StartCluster(tb, creds, cfg.Stream, make([]int, o.Cluster))
 		ns, servicesNS = servers[0], servers[len(servers)-1]
 		cfg.NATSURL, cfg.Credentials, cfg.Replicas = ns.ClientURL(), &creds, min(o.Cluster, 3)
 	}
