@@ -118,6 +118,11 @@ func Bootstrap(ctx context.Context, cfg Config, out string, stdout io.Writer, lo
 	if cfg.NATSURL == "" || cfg.Credentials == nil {
 		return Bootstrapped{}, errors.New("bootstrap needs a NATS URL and its credentials: with embedded NATS, `ledger serve` bootstraps by itself")
 	}
+	// Before waiting on anything: a configuration the stream refuses would
+	// otherwise be tried again until ctx ends.
+	if err := cfg.streamConfig().Validate(); err != nil {
+		return Bootstrapped{}, fmt.Errorf("bootstrap configuration: %w", err)
+	}
 	conns, err := connect(ctx, cfg, nil, *cfg.Credentials, log)
 	if err != nil {
 		return Bootstrapped{}, err
@@ -182,7 +187,11 @@ func Bootstrap(ctx context.Context, cfg Config, out string, stdout io.Writer, lo
 		if out != "" {
 			_ = os.Remove(pending)
 		}
-		b, ferr := bootstrappedAlready(ctx, store, 1, "", log)
+		now, lerr := store.LastSequence(ctx)
+		if lerr != nil {
+			now = 1 // at least the other one's
+		}
+		b, ferr := bootstrappedAlready(ctx, store, now, "", log)
 		if ferr != nil {
 			return Bootstrapped{}, ferr
 		}
