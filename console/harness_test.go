@@ -3,14 +3,13 @@ package console_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -25,15 +24,15 @@ import (
 	"github.com/tokenledger/tokenledger/console"
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/node"
 	"github.com/tokenledger/tokenledger/projections"
 	"github.com/tokenledger/tokenledger/shared"
 )
 
-// harness is a whole ledger on a real embedded nats-server, its API and its
-// console served together as `ledger serve` serves them (console.Attach),
-// with an ORGANIZATION_OWNER token for organization "acme".
+// harness is a whole ledger as `ledger serve` runs it (node.Start, on a real
+// embedded nats-server), its API and its console served together, with an
+// ORGANIZATION_OWNER token for organization "acme".
 type harness struct {
 	t       testing.TB
 	store   *eventstore.Store
@@ -75,31 +74,40 @@ func (c *clock) advance(d time.Duration) { c.skew.Add(int64(d)) }
 
 func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	t.Helper()
-	var cfg harnessConfig
+	var hc harnessConfig
 	for _, o := range opts {
-		o(&cfg)
+		o(&hc)
 	}
-	store, js, ns := eventstoretest.MustStore(t)
-	view := projections.NewTokens()
-	_, key, err := ed25519.GenerateKey(rand.Reader)
+	h := &harness{t: t, logs: &syncBuffer{}, clock: &clock{}}
+	// The ledger as `ledger serve` runs it (node.Start), its API and console
+	// served by httptest (over TLS when asked).
+	cfg := node.DefaultConfig()
+	cfg.DataDir, cfg.HTTPAddr, cfg.NATSListen = t.TempDir(), "", "127.0.0.1:0"
+	cfg.Org, cfg.Snapshot = "acme", false
+	cfg.ServerOptions = hc.serverOpts
+	cfg.ConsoleOptions = []console.Option{console.WithSessionClock(h.clock.now)}
+	cfg.LocalSessions = hc.memory
+	n, err := node.Start(ctxT(t), cfg, slog.New(slog.NewTextHandler(h.logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ledger := app.New(store, view, app.WithAuditKey(key))
-	t.Cleanup(app.Feed(store, view, nil))
-	t.Cleanup(func() { _ = ledger.Close() })
-	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
-	if err != nil || tok == nil {
+	t.Cleanup(func() { _ = n.Close() })
+	secret, err := os.ReadFile(n.BootstrapPath())
+	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	h := &harness{t: t, store: store, ledger: ledger, owner: secret.Reveal(), ownerID: tok.ID(), logs: &syncBuffer{}, clock: &clock{}, ns: ns}
-	log := slog.New(slog.NewTextHandler(h.logs, nil))
-	api := httpapi.NewServer(ledger, log, nil, cfg.serverOpts...)
-	console.Attach(api, ledger, log, h.consoleOptions(js, cfg.memory)...)
-	if cfg.tls {
-		h.srv = httptest.NewTLSServer(api)
+	h.owner = strings.TrimSpace(string(secret))
+	tok, err := n.Ledger().Authenticate(h.owner, app.Source{})
+	if err != nil {
+		t.Fatalf("bootstrap token: %v", err)
+	}
+	h.store, h.ledger, h.ownerID = n.Store(), n.Ledger(), tok.ID()
+	h.sessions, h.ns = n.SessionsBucket(), n.NATSServer()
+	// Stopped before the node (cleanups run last first).
+	if hc.tls {
+		h.srv = httptest.NewTLSServer(n.Handler())
 	} else {
-		h.srv = httptest.NewServer(api)
+		h.srv = httptest.NewServer(n.Handler())
 	}
 	t.Cleanup(h.srv.Close)
 	return h

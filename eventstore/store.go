@@ -113,12 +113,14 @@ func badDelivery(format string, args ...any) error {
 }
 
 // Open creates the stream, or brings an existing one to cfg. The stream denies
-// deleting messages and purging: it is the audit record.
+// deleting messages and purging: it is the audit record. Several ledgers may
+// open it at once (see EnsureStream); Open returns when it has the stream,
+// on an error that asking again would not cure, or when ctx ends.
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("event store config: %w", err)
 	}
-	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	stream, err := EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        cfg.Stream,
 		Description: "TokenLedger token events: the source of truth; never deleted or purged",
 		Subjects:    []string{cfg.SubjectPrefix + ".>"},

@@ -12,6 +12,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,13 +21,14 @@ import (
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/node"
 	"github.com/tokenledger/tokenledger/projections"
 )
 
-// harness is a whole ledger on a real embedded nats-server, served by
-// httptest, with an ORGANIZATION_OWNER token for org "acme".
+// harness is a whole ledger as `ledger serve` runs it (node.Start: a real
+// embedded nats-server, locked down), its API served by httptest, with an
+// ORGANIZATION_OWNER token for org "acme".
 type harness struct {
 	t       testing.TB
 	store   *eventstore.Store
@@ -36,7 +39,7 @@ type harness struct {
 	srv     *httptest.Server
 	owner   string // secret of acme's bootstrap owner
 	ownerID string
-	logs    *bytes.Buffer
+	logs    *syncBuffer
 	// skew is how far the ledger's clock runs ahead of the real one (see
 	// advance).
 	skew atomic.Int64
@@ -44,27 +47,57 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	store, _, ns := eventstoretest.MustStore(t)
-	view := projections.NewTokens()
-	h := &harness{t: t, store: store, view: view, dir: ns.JetStreamConfig().StoreDir}
-	_, key, err := ed25519.GenerateKey(rand.Reader)
+	h := &harness{t: t, logs: &syncBuffer{}}
+	cfg := node.DefaultConfig()
+	cfg.DataDir, cfg.HTTPAddr, cfg.NATSListen = t.TempDir(), "", "127.0.0.1:0"
+	cfg.Org, cfg.Snapshot = "acme", false
+	cfg.AppOptions = []app.Option{app.WithClock(h.now)}
+	n, err := node.Start(ctxT(t), cfg, slog.New(slog.NewTextHandler(h.logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.key = key
-	ledger := app.New(store, view, app.WithClock(h.now), app.WithAuditKey(key))
-	t.Cleanup(app.Feed(store, view, nil))
-	t.Cleanup(func() { _ = ledger.Close() }) // before the feed stops: it writes queued reuse reports
-
-	tok, secret, err := ledger.Bootstrap(context.Background(), "acme", nil)
-	if err != nil || tok == nil {
+	t.Cleanup(func() { _ = n.Close() })
+	secret, err := os.ReadFile(n.BootstrapPath())
+	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
-	logs := &bytes.Buffer{}
-	srv := httptest.NewServer(httpapi.NewServer(ledger, slog.New(slog.NewTextHandler(logs, nil)), nil))
-	t.Cleanup(srv.Close)
-	h.ledger, h.srv, h.owner, h.ownerID, h.logs = ledger, srv, secret.Reveal(), tok.ID(), logs
+	h.owner = strings.TrimSpace(string(secret))
+	tok, err := n.Ledger().Authenticate(h.owner, app.Source{})
+	if err != nil {
+		t.Fatalf("bootstrap token: %v", err)
+	}
+	h.store, h.view, h.ledger, h.key, h.ownerID = n.Store(), n.View(), n.Ledger(), n.AuditKey(), tok.ID()
+	h.dir = n.NATSServer().JetStreamConfig().StoreDir
+	// Stopped before the node (cleanups run last first): no request is
+	// in flight while the ledger stops.
+	h.srv = httptest.NewServer(n.Handler())
+	t.Cleanup(h.srv.Close)
 	return h
+}
+
+// syncBuffer is a log both the ledger and the test touch.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// Bytes is a copy of what was written.
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
+func (s *syncBuffer) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
 }
 
 // now is the ledger's clock: the real time, moved on by advance.

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"strings"
 )
@@ -27,7 +28,11 @@ type Health struct {
 // says which components are down. Restarting the ledger would not bring NATS
 // back, so a liveness probe must not fail for it.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	h, ok := s.checkHealth(r)
+	check := s.health
+	if s.liveness != nil {
+		check = s.liveness
+	}
+	h, ok := checkHealth(r, check)
 	if !ok {
 		h.Status = "degraded"
 	}
@@ -37,7 +42,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // readyz is readiness: 200 when the ledger can take commands (NATS
 // connected, the stream answering, the view caught up), else 503.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	h, ok := s.checkHealth(r)
+	h, ok := checkHealth(r, s.health)
 	if !ok {
 		h.Status = "unavailable"
 		writeJSON(w, http.StatusServiceUnavailable, h)
@@ -46,14 +51,14 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h)
 }
 
-func (s *Server) checkHealth(r *http.Request) (Health, bool) {
+func checkHealth(r *http.Request, check func(context.Context) []Component) (Health, bool) {
 	h := Health{Status: "ok"}
-	if s.health == nil {
+	if check == nil {
 		return h, true
 	}
 	var down []string
 	h.Components = map[string]string{}
-	for _, c := range s.health(r.Context()) {
+	for _, c := range check(r.Context()) {
 		if c.Err == nil {
 			h.Components[c.Name] = "ok"
 			continue

@@ -43,8 +43,10 @@ type Server struct {
 	ledger *app.Ledger
 	log    *slog.Logger
 	mux    *http.ServeMux
-	// health reports the state of what the ledger depends on (health.go).
-	health func(context.Context) []Component
+	// health reports the state of what the ledger depends on (health.go);
+	// liveness, if set, is what /healthz reports instead (WithLiveness).
+	health   func(context.Context) []Component
+	liveness func(context.Context) []Component
 
 	now     func() time.Time // the rate limiter's clock
 	limiter *failureLimiter  // nil: failed authentications are not limited
@@ -91,6 +93,15 @@ func WithFailureSources(n int) ServerOption { return func(s *Server) { s.failure
 // these networks (and only from them) for the source address: the rate
 // limit's key and the source_ip of events.
 func WithTrustedProxies(p []netip.Prefix) ServerOption { return func(s *Server) { s.trusted = p } }
+
+// WithLiveness makes /healthz report live instead of the health NewServer
+// was given. A liveness probe has a deadline of its own (Kubernetes gives it
+// one second by default) and must meet it whatever NATS does: live must
+// answer at once, from what it already knows, where health may ask NATS and
+// wait for its answer.
+func WithLiveness(live func(context.Context) []Component) ServerOption {
+	return func(s *Server) { s.liveness = live }
+}
 
 // WithServerClock makes the rate limit read time from now (tests step it).
 func WithServerClock(now func() time.Time) ServerOption { return func(s *Server) { s.now = now } }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tokenledger/tokenledger/eventstore"
 )
 
 // MaxAckPending bounds each service consumer's unacknowledged events, and so
@@ -21,7 +23,8 @@ func EnsureMirror(ctx context.Context, nc *nats.Conn, stream string, storage jet
 	if err != nil {
 		return err
 	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	// Several ledgers may make it at once (eventstore.EnsureStream).
+	_, err = eventstore.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name:        stream,
 		Description: "TokenLedger events for services: a read-only mirror of the ledger's stream",
 		Storage:     storage,

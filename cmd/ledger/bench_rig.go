@@ -3,16 +3,14 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
-	"path/filepath"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,19 +19,18 @@ import (
 
 	"github.com/tokenledger/tokenledger/app"
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/httpapi"
-	"github.com/tokenledger/tokenledger/natsaccess"
+	"github.com/tokenledger/tokenledger/node"
 	"github.com/tokenledger/tokenledger/projections"
 )
 
 // benchOrg is the organization the benchmark's ledger works in.
 const benchOrg = "bench"
 
-// benchRig is a ledger as `ledger serve` runs it by default: an embedded,
-// locked-down NATS server on file storage (the ledger writes as its own
-// user over an in-process connection; services log in with a token on a
-// loopback port and read the services' mirror), the token view fed from the
-// stream, and the HTTP API on a loopback listener. Beside the ledger's own
+// benchRig is a ledger as `ledger serve` runs it by default (node.Start): an
+// embedded, locked-down NATS server on file storage (the ledger writes as
+// its own user over an in-process connection; services log in with a token
+// on a loopback port and read the services' mirror), the token view fed
+// from the stream, and the HTTP API on a loopback listener. Beside the ledger's own
 // stream it holds a baseline stream, which the raw publishes write to: same
 // configuration, never read by the ledger.
 type benchRig struct {
@@ -73,77 +70,34 @@ func startBenchRig(ctx context.Context, dir string, progress io.Writer) (r *benc
 	// The API formats its log line for every request, as `ledger serve`
 	// does; the bench does not print them.
 	r.quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-	creds, err := natsaccess.NewCredentials()
+	// The view starts empty at each run and is not saved: a snapshot would
+	// only cost the bench's runs time they do not measure.
+	cfg := node.DefaultConfig()
+	cfg.DataDir, cfg.NATSListen, cfg.HTTPAddr = dir, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Org, cfg.Snapshot = benchOrg, false
+	n, err := node.Start(ctx, cfg, r.quiet)
 	if err != nil {
 		return nil, err
 	}
-	accounts, err := creds.EmbeddedConfig(eventstore.DefaultConfig().Stream)
-	if err != nil {
+	r.closers = append(r.closers, func() { _ = n.Close() })
+	r.ns, r.natsURL, r.js = n.NATSServer(), n.NATSClientURL(), n.JetStream()
+	r.store, r.view, r.ledger, r.auditKey = n.Store(), n.View(), n.Ledger(), n.AuditKey()
+	r.apiURL = "http://" + n.HTTPAddr()
+	cfgB := eventstore.DefaultConfig()
+	cfgB.Stream, cfgB.SubjectPrefix = baselineStream, baselinePrefix
+	if r.baseline, err = eventstore.Open(ctx, r.js, cfgB); err != nil {
 		return nil, err
 	}
-	r.ns, err = eventstore.StartEmbedded(eventstore.EmbeddedConfig{
-		StoreDir: filepath.Join(dir, "jetstream"), Listen: "127.0.0.1:0", ServerName: "ledger-bench", Config: accounts,
-	})
-	if err != nil {
-		return nil, err
-	}
-	ns := r.ns
-	r.closers = append(r.closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
-	r.natsURL = ns.ClientURL()
-	conns, err := natsaccess.Connect("", ns, creds)
-	if err != nil {
-		return nil, err
-	}
-	r.closers = append(r.closers, conns.Close)
-	nc := conns.Ledger
-	if r.js, err = jetstream.New(nc); err != nil {
-		return nil, err
-	}
-	if r.store, err = eventstore.Open(ctx, r.js, eventstore.DefaultConfig()); err != nil {
-		return nil, err
-	}
-	cfg := eventstore.DefaultConfig()
-	cfg.Stream, cfg.SubjectPrefix = baselineStream, baselinePrefix
-	if r.baseline, err = eventstore.Open(ctx, r.js, cfg); err != nil {
-		return nil, err
-	}
-	if _, r.auditKey, err = ed25519.GenerateKey(rand.Reader); err != nil {
-		return nil, err
-	}
-	r.view = projections.NewTokens()
-	r.ledger = app.New(r.store, r.view, app.WithAuditKey(r.auditKey), app.WithReuseLog(r.quiet))
-	r.closers = append(r.closers, app.Feed(r.store, r.view, r.report("token view")))
-	ledger := r.ledger
-	r.closers = append(r.closers, func() { _ = ledger.Close() })
-	owner, secret, err := r.ledger.Bootstrap(ctx, benchOrg, nil)
+	secret, err := os.ReadFile(n.BootstrapPath())
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
+	r.ownerSecret = strings.TrimSpace(string(secret))
+	owner, err := r.ledger.Authenticate(r.ownerSecret, app.Source{})
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap token: %w", err)
+	}
 	r.owner = app.Caller{Token: owner, RequestID: "bench-request", SourceIP: "127.0.0.1", UserAgent: "ledger-bench"}
-	r.ownerSecret = secret.Reveal()
-	// Services (the notify workload's subscriber) log in with a token, as
-	// under `ledger serve`.
-	scfg := eventstore.DefaultConfig()
-	access, err := natsaccess.Start(ctx, conns, r.ledger, creds, natsaccess.Settings{
-		Stream: scfg.Stream, SubjectPrefix: scfg.SubjectPrefix, Storage: scfg.Storage, Replicas: scfg.Replicas,
-	}, r.quiet)
-	if err != nil {
-		return nil, err
-	}
-	r.closers = append(r.closers, access.Stop)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	r.apiURL = "http://" + ln.Addr().String()
-	srv := &http.Server{Handler: httpapi.NewServer(r.ledger, r.quiet, nil), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	r.closers = append(r.closers, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	})
 	return r, nil
 }
 

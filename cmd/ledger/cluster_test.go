@@ -84,6 +84,7 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 	for _, n := range nodes {
 		urls = append(urls, n.clientURL)
 	}
+	secret := bootstrapVia(t, strings.Join(urls, ","), cluster.credentials, "--replicas", "3")
 	dir := t.TempDir()
 	logs := &syncBuffer{}
 	n, err := startLedger(context.Background(), serveOptions{
@@ -94,17 +95,13 @@ func loseTheStreamLeader(t *testing.T, bin, how string, signal syscall.Signal, w
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = n.close()
+		_ = n.Close()
 		if t.Failed() {
 			t.Logf("ledger:\n%s", logs.String())
 		}
 	})
-	secret, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + n.httpAddr
-	client := httpapi.NewClient(base, strings.TrimSpace(string(secret)))
+	base := "http://" + n.HTTPAddr()
+	client := httpapi.NewClient(base, secret)
 
 	// The test's own view of the stream, through all three servers, as the
 	// ledger's user: the stream is in its account.

@@ -10,8 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -58,6 +56,7 @@ func TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself(t *testing.T) {
 		}
 	})
 
+	owner := bootstrapVia(t, "nats://"+natsAddr, credsFile)
 	dir := t.TempDir()
 	var logs syncBuffer
 	n, err := startLedger(context.Background(), serveOptions{
@@ -66,13 +65,8 @@ func TestWithNATSDownCommandsAre503AndTheLedgerRecoversByItself(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
-	base := "http://" + n.httpAddr
-	secret, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	owner := strings.TrimSpace(string(secret))
+	t.Cleanup(func() { _ = n.Close() })
+	base := "http://" + n.HTTPAddr()
 	c := httpapi.NewClient(base, owner)
 	ctx := context.Background()
 

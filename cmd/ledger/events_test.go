@@ -23,6 +23,7 @@ import (
 	"github.com/tokenledger/tokenledger/domain"
 	"github.com/tokenledger/tokenledger/natsaccess"
 	"github.com/tokenledger/tokenledger/natsaccess/natsaccesstest"
+	"github.com/tokenledger/tokenledger/node"
 )
 
 // startLockedDown runs `ledger serve` in this process with its embedded,
@@ -34,7 +35,7 @@ func startLockedDown(t *testing.T) (c cli, natsURL string) {
 }
 
 // startLockedDownNode is startLockedDown, with the ledger itself.
-func startLockedDownNode(t *testing.T) (c cli, natsURL string, n *node) {
+func startLockedDownNode(t *testing.T) (c cli, natsURL string, n *node.Node) {
 	t.Helper()
 	dir := t.TempDir()
 	n, err := startLedger(context.Background(), serveOptions{
@@ -43,13 +44,13 @@ func startLockedDownNode(t *testing.T) (c cli, natsURL string, n *node) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
+	t.Cleanup(func() { _ = n.Close() })
 	b, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"LEDGER_URL": "http://" + n.httpAddr, "LEDGER_API_TOKEN": strings.TrimSpace(string(b))}
-	return cli{t: t, env: env}, n.natsClientURL, n
+	env := map[string]string{"LEDGER_URL": "http://" + n.HTTPAddr(), "LEDGER_API_TOKEN": strings.TrimSpace(string(b))}
+	return cli{t: t, env: env}, n.NATSClientURL(), n
 }
 
 // lineSink collects what a running command writes, line by line, for a test
@@ -431,7 +432,7 @@ func TestEventsTailFollowsOnWhenItsConsumerIsGone(t *testing.T) {
 	// The operator deletes it (services cannot).
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := n.mirrorJS.DeleteConsumer(ctx, "TOKENS", used[0]); err != nil {
+	if err := n.MirrorJetStream().DeleteConsumer(ctx, "TOKENS", used[0]); err != nil {
 		t.Fatal(err)
 	}
 	c.ok("token", "rotate", a.ID)

@@ -2,61 +2,23 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tokenledger/tokenledger/eventstore"
-	"github.com/tokenledger/tokenledger/eventstore/eventstoretest"
 	"github.com/tokenledger/tokenledger/httpapi"
 	"github.com/tokenledger/tokenledger/natsaccess"
-	"github.com/tokenledger/tokenledger/projections"
 )
-
-// While app.Run has marked the view's feed faulty (the server delivered what
-// its consumer did not ask for; app's TestAHeadersOnlyFeedQuarantinesNothing
-// AndRecoversByItself and TestAFeedWhoseFilterIsNarrowedIsNoticedBeforeAnEvent
-// IsMissed check when Run marks and clears it), readiness names the fault on
-// the view, even with the view caught up; once cleared, it is ready again.
-func TestReadinessNamesAFeedFault(t *testing.T) {
-	ns := eventstoretest.MustServer(t)
-	nc, js := eventstoretest.MustConnect(t, ns)
-	store, err := eventstore.Open(context.Background(), js, eventstore.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	view := projections.NewTokens()
-	check := healthOf(nc, store, view, &lagWatch{})
-	viewErr := func() error {
-		for _, c := range check(context.Background()) {
-			if c.Name == "view" {
-				return c.Err
-			}
-		}
-		t.Fatal("no view component")
-		return nil
-	}
-	if err := viewErr(); err != nil {
-		t.Fatalf("view before any fault: %v", err)
-	}
-	fault := errors.New("reading the stream stopped at sequence 0, following again: " + eventstore.ErrBadDelivery.Error() + ": consumer X is not as the ledger made it: headers only")
-	view.SetFeedFault(fault)
-	if err := viewErr(); !errors.Is(err, fault) || !strings.Contains(err.Error(), "feed fault") {
-		t.Fatalf("view with a feed fault: %v", err)
-	}
-	view.SetFeedFault(nil)
-	if err := viewErr(); err != nil {
-		t.Fatalf("view once the fault is cleared: %v", err)
-	}
-}
 
 // TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith: someone who reached NATS
 // as the ledger (its own connection plays the attacker here) makes the token
@@ -72,6 +34,7 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	secret := bootstrapVia(t, ns.ClientURL(), credsFile)
 	dir := t.TempDir()
 	var logs syncBuffer
 	n, err := startLedger(context.Background(), serveOptions{
@@ -80,13 +43,9 @@ func TestReadyzSaysNotReadyWhileTheFeedIsTamperedWith(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
-	base := "http://" + n.httpAddr
-	secret, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := httpapi.NewClient(base, strings.TrimSpace(string(secret)))
+	t.Cleanup(func() { _ = n.Close() })
+	base := "http://" + n.HTTPAddr()
+	c := httpapi.NewClient(base, secret)
 	ctx := context.Background()
 	if status, h := health(t, base+"/readyz"); status != http.StatusOK {
 		t.Fatalf("/readyz before the tampering: %d %+v", status, h)
@@ -165,4 +124,91 @@ func lockedNATS(t *testing.T) (accounts, credentials string) {
 		t.Fatal(err)
 	}
 	return accounts, credentials
+}
+
+// GET /healthz is what a Kubernetes liveness probe asks, and the probe has a
+// deadline of its own (1 s by default): a ledger whose probe fails is
+// restarted, which brings no NATS back. /healthz answers from what the
+// ledger already knows and never waits on NATS. With the ledger's NATS
+// server frozen (SIGSTOP: its sockets stay open and silent, as in a
+// partition or a hung process) while clients send commands, each of 20
+// probes over 3 seconds (past the 2 s the readiness check waits for the
+// stream, and past the ~3 s the ledger takes to find its connection dead)
+// is answered 200 within 100 ms; /healthz goes on to say NATS is down, and
+// /readyz says not ready. Once the server resumes, /readyz is ready again.
+func TestLivenessAnswersWithin100msWhileNATSIsFrozen(t *testing.T) {
+	ns := startSetUpNATSProcess(t)
+	secret := bootstrapVia(t, ns.url, ns.credentials)
+	n, err := startLedger(context.Background(), serveOptions{
+		dataDir: t.TempDir(), httpAddr: "127.0.0.1:0", natsURL: ns.url, natsCredentials: ns.credentials, org: "acme", stream: "TOKENS", replicas: 1,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	base := "http://" + n.HTTPAddr()
+	if status, h := health(t, base+"/readyz"); status != http.StatusOK {
+		t.Fatalf("/readyz before the freeze: %d %+v", status, h)
+	}
+
+	if err := ns.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = ns.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	// Commands in flight, waiting on the frozen server, as under load.
+	client := httpapi.NewClient(base, secret)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, _ = client.CreateToken(ctx, httpapi.CreateRequest{Scope: "organization", Name: "during the freeze"}, "")
+				cancel()
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	probe := &http.Client{Timeout: time.Second} // as a kubelet's, with its default timeout
+	var slowest time.Duration
+	for i := range 20 {
+		start := time.Now()
+		resp, err := probe.Get(base + "/healthz")
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("probe %d while NATS is frozen: %v after %s", i+1, err, took)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || took >= 100*time.Millisecond {
+			t.Errorf("probe %d while NATS is frozen: %d after %s, want 200 within 100ms", i+1, resp.StatusCode, took)
+		}
+		slowest = max(slowest, took)
+		time.Sleep(150 * time.Millisecond)
+	}
+	t.Logf("slowest of 20 liveness probes while NATS was frozen: %s", slowest)
+	waitUntil(t, 10*time.Second, "/healthz to say NATS is down and /readyz not ready", func() (bool, string) {
+		live, lh := health(t, base+"/healthz")
+		ready, rh := health(t, base+"/readyz")
+		return live == http.StatusOK && lh.Status == "degraded" && ready == http.StatusServiceUnavailable,
+			fmt.Sprintf("/healthz %d %+v, /readyz %d %+v", live, lh, ready, rh)
+	})
+
+	resume()
+	waitUntil(t, 20*time.Second, "/readyz ready once NATS resumed", func() (bool, string) {
+		status, h := health(t, base+"/readyz")
+		return status == http.StatusOK, fmt.Sprintf("%d %+v", status, h)
+	})
 }

@@ -115,6 +115,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, getenv func(string) s
 	root.SilenceUsage, root.SilenceErrors = true, true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServeCmd(stdout, stderr, started))
+	root.AddCommand(newBootstrapCmd(stdout, stderr, started))
 	root.AddCommand(newTokenCmd(stdin, stdout, stderr, getenv, started))
 	root.AddCommand(newRolesCmd(stdout, getenv, started))
 	root.AddCommand(newAuditCmd(stdout, stderr, getenv, started))

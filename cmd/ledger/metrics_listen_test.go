@@ -55,15 +55,15 @@ func TestReuseMetricsAreServedOnTheOperatorAddressOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = n.close() })
-	if n.metricsAddr == "" || n.metricsAddr == n.httpAddr {
-		t.Fatalf("operator metrics on %q, API on %q", n.metricsAddr, n.httpAddr)
+	t.Cleanup(func() { _ = n.Close() })
+	if n.MetricsAddr() == "" || n.MetricsAddr() == n.HTTPAddr() {
+		t.Fatalf("operator metrics on %q, API on %q", n.MetricsAddr(), n.HTTPAddr())
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := httpapi.NewClient("http://"+n.httpAddr, strings.TrimSpace(string(b)))
+	owner := httpapi.NewClient("http://"+n.HTTPAddr(), strings.TrimSpace(string(b)))
 	tok, err := owner.CreateToken(ctx, httpapi.CreateRequest{Scope: "workspace", WorkspaceID: "ws1", Name: "leaky"}, "")
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func TestReuseMetricsAreServedOnTheOperatorAddressOnly(t *testing.T) {
 	if _, err := owner.RotateToken(ctx, tok.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := httpapi.NewClient("http://"+n.httpAddr, tok.Secret).GetToken(ctx, tok.ID); err == nil {
+	if _, err := httpapi.NewClient("http://"+n.HTTPAddr(), tok.Secret).GetToken(ctx, tok.ID); err == nil {
 		t.Fatal("the rotated-away secret was accepted")
 	}
 
@@ -88,8 +88,8 @@ func TestReuseMetricsAreServedOnTheOperatorAddressOnly(t *testing.T) {
 		}
 		return string(body)
 	}
-	public := get("http://" + n.httpAddr + "/metrics")
-	operator := get("http://" + n.metricsAddr + "/metrics")
+	public := get("http://" + n.HTTPAddr() + "/metrics")
+	operator := get("http://" + n.MetricsAddr() + "/metrics")
 	if strings.Contains(public, "tokenledger_reuse_") || !strings.Contains(public, "tokenledger_auth_failures_total 1\n") {
 		t.Fatalf("the API's /metrics:\n%s", public)
 	}
@@ -98,7 +98,7 @@ func TestReuseMetricsAreServedOnTheOperatorAddressOnly(t *testing.T) {
 	}
 	// Only /metrics, only GET, on the operator's address.
 	for _, path := range []string{"/v1/tokens", "/console/", "/healthz"} {
-		resp, err := http.Get("http://" + n.metricsAddr + path)
+		resp, err := http.Get("http://" + n.MetricsAddr() + path)
 		if err != nil {
 			t.Fatal(err)
 		}

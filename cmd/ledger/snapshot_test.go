@@ -10,21 +10,22 @@ import (
 	"testing"
 
 	"github.com/tokenledger/tokenledger/httpapi"
+	"github.com/tokenledger/tokenledger/node"
 )
 
 func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 	natsURL, credentials := startSetUpNATS(t)
+	secret := bootstrapVia(t, natsURL, credentials)
 	dir := t.TempDir()
 	opts := serveOptions{dataDir: dir, httpAddr: "127.0.0.1:0", natsURL: natsURL, natsCredentials: credentials, org: "acme", stream: "TOKENS", replicas: 1}
 	var logs bytes.Buffer
-	start := func(o serveOptions) (*node, *httpapi.Client) {
+	start := func(o serveOptions) (*node.Node, *httpapi.Client) {
 		t.Helper()
 		n, err := startLedger(context.Background(), o, slog.New(slog.NewTextHandler(&logs, nil)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		secret, _ := os.ReadFile(filepath.Join(dir, "bootstrap-token"))
-		return n, httpapi.NewClient("http://"+n.httpAddr, strings.TrimSpace(string(secret)))
+		return n, httpapi.NewClient("http://"+n.HTTPAddr(), secret)
 	}
 	list := func(c *httpapi.Client) string {
 		t.Helper()
@@ -38,9 +39,9 @@ func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 		}
 		return b.String()
 	}
-	restart := func(n *node, o serveOptions, wantLog string) (*node, *httpapi.Client) {
+	restart := func(n *node.Node, o serveOptions, wantLog string) (*node.Node, *httpapi.Client) {
 		t.Helper()
-		_ = n.close()
+		_ = n.Close()
 		logs.Reset()
 		n, c := start(o)
 		if !strings.Contains(logs.String(), wantLog) {
@@ -77,7 +78,7 @@ func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = list(c)
-	_ = n.close()
+	_ = n.Close()
 	if err := os.WriteFile(path, older, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 	}
 
 	// A corrupt snapshot is detected, said so, and the view rebuilt.
-	_ = n.close()
+	_ = n.Close()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -116,5 +117,5 @@ func TestRestartsUseTheSnapshotUnlessItIsBadOrARebuildIsAsked(t *testing.T) {
 	if got := list(c); got != want {
 		t.Fatalf("after --rebuild:\n%s\nwant\n%s", got, want)
 	}
-	_ = n.close()
+	_ = n.Close()
 }

@@ -24,7 +24,7 @@ func clientEnv(getenv func(string) string) (*httpapi.Client, error) {
 	}
 	token := strings.TrimSpace(getenv("LEDGER_API_TOKEN"))
 	if token == "" {
-		return nil, usageError{errors.New("LEDGER_API_TOKEN is not set: export it (after the first `ledger serve`, the bootstrap token is in <data>/bootstrap-token)")}
+		return nil, usageError{errors.New("LEDGER_API_TOKEN is not set: export it (the first token: after the first `ledger serve`, in <data>/bootstrap-token; with --nats-url, what `ledger bootstrap` wrote)")}
 	}
 	return httpapi.NewClient(url, token), nil
 }
