@@ -27,7 +27,7 @@ func TestReadinessNamesAFeedFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	view := projections.NewTokens()
-	check := healthOf(nc, store, view, &lagWatch{})
+	check := healthOf(nc, store, view, &lagWatch{}, func() error { return nil })
 	viewErr := func() error {
 		for _, c := range check(context.Background()) {
 			if c.Name == "view" {
