@@ -55,11 +55,11 @@ type Node struct {
 	auditKey      ed25519.PrivateKey
 	// The buckets the API and the console share with every other ledger.
 	failuresKV, sessionsKV jetstream.KeyValue
-	ledger        *app.Ledger
-	api           *httpapi.Server
-	httpAddr      string
-	metricsAddr   string
-	bootstrapPath string
+	ledger                 *app.Ledger
+	api                    *httpapi.Server
+	httpAddr               string
+	metricsAddr            string
+	bootstrapPath          string
 
 	// closers undo the start, last first (Close).
 	closers   []func() error
