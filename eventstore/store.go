@@ -205,11 +205,27 @@ func (s *Store) publish(ctx context.Context, e domain.Event, expect jetstream.Pu
 	if err != nil {
 		return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, err)
 	}
-	ack, err := s.js.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(e.ID),
-		jetstream.WithExpectStream(s.cfg.Stream),
-		expect,
-	)
+	var ack *jetstream.PubAck
+	for try := 1; ; try++ {
+		ack, err = s.js.PublishMsg(ctx, msg,
+			jetstream.WithMsgID(e.ID),
+			jetstream.WithExpectStream(s.cfg.Stream),
+			expect,
+		)
+		// On a cluster, an event whose id another append (a retry of the
+		// same keyed command, through another ledger) has in flight is
+		// refused as "in process" rather than answered as a duplicate.
+		// Asked again once that one is stored, the stream answers what it
+		// did with it.
+		if !duplicateInProcess(err) || try == 20 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, err)
+		case <-time.After(time.Duration(try) * 10 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		if isWrongLastSequence(err) {
 			return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, domain.ErrConflict)
@@ -217,6 +233,13 @@ func (s *Store) publish(ctx context.Context, e domain.Event, expect jetstream.Pu
 		return Appended{}, fmt.Errorf("append %s to token %s: %w", e.Type, e.TokenID, err)
 	}
 	return Appended{Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// duplicateInProcess recognises JetStream's "duplicate message id is in
+// process" (a clustered stream's answer to an event id already in flight).
+func duplicateInProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.ErrorCode(10158)
 }
 
 // isWrongLastSequence recognises JetStream's optimistic-concurrency failure.

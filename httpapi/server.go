@@ -385,7 +385,18 @@ func (s *Server) chargeFailure(r *http.Request, src netip.Addr) {
 		s.log.Warn("failed-authentication limit reached", "request_id", requestID(r.Context()), "source_ip", sourceIP(r),
 			"retry_after_s", retryAfterSeconds(s.failureInterval))
 	}
+	if s.shared != nil {
+		// The refusal is answered once the failure is in the shared budget
+		// (for at most sharedChargeWait): a guesser that waits for its
+		// answers before the next try, on any ledger, finds every earlier
+		// try counted there. Only refusals wait; successes never do.
+		s.shared.written(r.Context(), sharedChargeWait)
+	}
 }
+
+// sharedChargeWait bounds how long a refusal waits for its failure to be
+// written to the shared budget.
+const sharedChargeWait = time.Second
 
 // writeRateLimited answers 429. The wait is rounded up to whole seconds, as
 // Retry-After takes them, so a client that honours it is never refused again

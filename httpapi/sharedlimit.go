@@ -291,6 +291,21 @@ func (sf *sharedFailures) write(ctx context.Context, src netip.Addr, q queuedFai
 	}
 }
 
+// written returns once everything queued when it was called is in the
+// bucket (the queue has been idle since), or after wait.
+func (sf *sharedFailures) written(ctx context.Context, wait time.Duration) {
+	sf.mu.Lock()
+	idle := sf.idle
+	sf.mu.Unlock()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // synced returns once this instance's queued failures are in the bucket
 // and every failure the bucket held then is in this instance's limiter.
 func (sf *sharedFailures) synced(ctx context.Context) error {

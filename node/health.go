@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,13 +18,28 @@ import (
 
 // natsConnected is the ledger's connection check (app.WithConnectionCheck):
 // while the connection is down, commands are refused at once instead of
-// waiting for a publish to time out.
+// waiting for a publish to time out. It reads a status the connection's
+// status changes keep, never the connection itself: nats.go holds the
+// connection's lock while a write to a server that stopped reading (a
+// partition) is stuck, and nc.IsConnected would wait with it, and with it
+// every request that asks.
 func natsConnected(nc *nats.Conn) func() error {
-	return func() error {
-		if nc.IsConnected() {
-			return nil
+	var status atomic.Int32
+	changes := nc.StatusChanged() // every status
+	status.Store(int32(nc.Status()))
+	go func() {
+		for st := range changes {
+			status.Store(int32(st))
+			if st == nats.CLOSED {
+				return
+			}
 		}
-		return fmt.Errorf("connection %s", strings.ToLower(nc.Status().String()))
+	}()
+	return func() error {
+		if st := nats.Status(status.Load()); st != nats.CONNECTED {
+			return fmt.Errorf("connection %s", strings.ToLower(st.String()))
+		}
+		return nil
 	}
 }
 

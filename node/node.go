@@ -286,9 +286,14 @@ func connect(ctx context.Context, cfg Config, ns *server.Server, creds natsacces
 		// partition, a hung process) is noticed by pings: with the default
 		// (two missed pings 2 minutes apart) the ledger would wait minutes
 		// on a dead connection while the rest of the cluster serves.
+		//
+		// And a write to a server that stopped reading (a partition that
+		// drops packets) must not hold the connection for nats.go's default
+		// minute: the connection's lock is held meanwhile, and everything
+		// that touches the connection waits with it.
 		var err error
 		conns, err = natsaccess.Connect(cfg.NATSURL, nil, creds, nats.MaxReconnects(-1), nats.ReconnectBufSize(-1),
-			nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+			nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2), nats.FlusherTimeout(2*time.Second))
 		return err
 	})
 	return conns, err
