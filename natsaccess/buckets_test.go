@@ -35,6 +35,7 @@ func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Opti
 	cfg := shared.ConfigOf(eventstore.DefaultConfig())
 	cfg.Replicas = stream.CachedInfo().Config.Replicas
 	var kvs []jetstream.KeyValue
+	var revs []uint64 // the probe's revision in each
 	for _, open := range []func() (jetstream.KeyValue, error){
 		func() (jetstream.KeyValue, error) {
 			return console.SessionBucket(ctx(t), l.LedgerJS, cfg, console.DefaultIdle, console.DefaultAbsolute)
@@ -49,9 +50,11 @@ func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Opti
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := kv.Put(ctx(t), "probe", []byte("the ledger's")); err != nil {
+		rev, err := kv.Put(ctx(t), "probe", []byte("the ledger's"))
+		if err != nil {
 			t.Fatal(err)
 		}
+		revs = append(revs, rev)
 		s, err := l.LedgerJS.Stream(ctx(t), "KV_"+kv.Bucket())
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +66,7 @@ func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Opti
 	}
 	x, _ := service(t, l, l.OwnerSecret)
 	x.refused("watch every bucket", "$KV.>", func() { _, _ = x.nc.Subscribe("$KV.>", func(*nats.Msg) {}) })
-	for _, kv := range kvs {
+	for i, kv := range kvs {
 		b := kv.Bucket()
 		for _, subj := range []string{
 			"$JS.API.STREAM.MSG.GET.KV_" + b, "$JS.API.DIRECT.GET.KV_" + b, "$JS.API.DIRECT.GET.KV_" + b + ".$KV." + b + ".probe",
@@ -75,8 +78,10 @@ func servicesCannotReachTheSharedBuckets(t *testing.T, shape natsaccesstest.Opti
 			x.refused("publish "+subj, subj, func() { _ = x.nc.Publish(subj, []byte(`{"last_by_subj":"$KV.`+b+`.probe"}`)) })
 		}
 		e, err := kv.Get(ctx(t), "probe")
-		if err != nil || string(e.Value()) != "the ledger's" || e.Revision() != 1 {
-			t.Errorf("bucket %s after the tries: %v, %v", b, e, err)
+		if err != nil {
+			t.Errorf("bucket %s after the tries: %v", b, err)
+		} else if string(e.Value()) != "the ledger's" || e.Revision() != revs[i] {
+			t.Errorf("bucket %s after the tries: %q at revision %d, want the probe at %d", b, e.Value(), e.Revision(), revs[i])
 		}
 	}
 }

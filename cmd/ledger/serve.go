@@ -84,8 +84,10 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			if o.authFailureBurst < 0 || o.authFailureInterval < 0 {
 				return usageError{errors.New("--auth-failure-burst and --auth-failure-interval cannot be negative")}
 			}
-			if o.maxStaleness < 0 {
-				return usageError{errors.New("--max-staleness cannot be negative")}
+			if o.maxStaleness <= 0 {
+				// No way to turn it off: a ledger that may answer from any
+				// old view could accept a secret rotated away elsewhere.
+				return usageError{errors.New("--max-staleness must be a positive duration, such as 2s")}
 			}
 			if err := checkMetricsListen(o.metricsListen, o.httpAddr); err != nil {
 				return usageError{err}
@@ -139,6 +141,9 @@ func (o serveOptions) config() (node.Config, error) {
 	cfg.Rebuild, cfg.SnapshotEvery = o.rebuild, o.snapshotEvery
 	cfg.AuthFailureBurst, cfg.AuthFailureInterval = o.authFailureBurst, o.authFailureInterval
 	cfg.MetricsListen, cfg.MaxStaleness, cfg.AuditKeyFile = o.metricsListen, o.maxStaleness, o.auditKey
+	if o.maxStaleness == 0 {
+		cfg.MaxStaleness = node.DefaultMaxStaleness // the flag refuses 0; options built in code may leave it out
+	}
 	if o.natsSync != "" {
 		sync, err := eventstore.ParseSync(o.natsSync)
 		if err != nil {
