@@ -377,15 +377,16 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, src netip.Addr) 
 func (s *Server) chargeFailure(r *http.Request, src netip.Addr) {
 	s.metrics.authFailures.Add(1)
 	now := s.now()
-	if s.shared != nil {
-		s.shared.charge(src, now)
-	}
 	if s.limiter.fail(src, now) {
 		// Once per source and lockout, not per refused request.
 		s.log.Warn("failed-authentication limit reached", "request_id", requestID(r.Context()), "source_ip", sourceIP(r),
 			"retry_after_s", retryAfterSeconds(s.failureInterval))
 	}
 	if s.shared != nil {
+		// After the local charge, not before: the shared write can come
+		// back through the bucket (merge) before a local charge made
+		// after it, which would then count the failure twice.
+		s.shared.charge(src, now)
 		// The refusal is answered once the failure is in the shared budget
 		// (for at most sharedChargeWait): a guesser that waits for its
 		// answers before the next try, on any ledger, finds every earlier
