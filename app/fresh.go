@@ -151,7 +151,7 @@ func (l *Ledger) askHead(c *headCall) {
 		wait = DefaultMaxStaleness
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	c.last, c.err = l.store.LastSequence(ctx)
+	c.last, c.err = l.store.Head(ctx)
 	cancel()
 	f.mu.Lock()
 	f.cur, f.next = f.next, nil
@@ -170,7 +170,7 @@ func (l *Ledger) startFreshness() {
 	f.stop, f.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(f.done)
-		tick := time.NewTicker(f.bound / 4)
+		tick := time.NewTicker(max(f.bound/4, time.Millisecond))
 		defer tick.Stop()
 		for {
 			_ = l.reachHead(f.bound)

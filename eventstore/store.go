@@ -278,6 +278,47 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	return info.State.LastSeq, nil
 }
 
+// ErrNoQuorum: the stream's answer came from a server that cannot show it
+// is the leader of a quorum now (see Head).
+var ErrNoQuorum = errors.New("the stream's answer is not a leader's with a quorum")
+
+// headPeerSilence is how long a replica may have been silent and still
+// count towards the leader's quorum in Head: Raft heartbeats come every
+// second (three missed, not one late, under load), and the survivors of a
+// partition elect a new leader no sooner than an election timeout (4 s or
+// more in nats-server) after they last heard the old one, so a leader cut
+// off from its followers is refused before another could store anything.
+const headPeerSilence = 3 * time.Second
+
+// Head is the stream's last sequence, as a leader with a quorum knows it.
+// On a cluster, a server cut off from the others still answers for the
+// stream: once leaderless, from its own state; while it still thinks
+// itself the leader (up to 10 s), from its own state too. Either may be
+// behind what the rest of the cluster has stored. Head refuses both: the
+// answer must name a leader, and that leader must have heard from enough
+// replicas within headPeerSilence to make a quorum with itself.
+func (s *Store) Head(ctx context.Context) (uint64, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s info: %w", s.cfg.Stream, err)
+	}
+	if c := info.Cluster; c != nil {
+		if c.Leader == "" {
+			return 0, fmt.Errorf("stream %s: %w (no leader)", s.cfg.Stream, ErrNoQuorum)
+		}
+		heard := 1 // the leader
+		for _, p := range c.Replicas {
+			if p != nil && !p.Offline && p.Active <= headPeerSilence {
+				heard++
+			}
+		}
+		if total := len(c.Replicas) + 1; heard < total/2+1 {
+			return 0, fmt.Errorf("stream %s: %w (leader %s heard from %d of %d within %s)", s.cfg.Stream, ErrNoQuorum, c.Leader, heard, total, headPeerSilence)
+		}
+	}
+	return info.State.LastSeq, nil
+}
+
 // Load returns one token's events, oldest first; none if there is no such token
 // in that organization.
 //
