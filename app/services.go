@@ -12,13 +12,17 @@ import (
 // with it, and each attempt would be another event.
 //
 // Like Authenticate, it answers only on a view shown current (ErrStale
-// otherwise), and judges a secret it does not hold as active again once
-// the view has reached the stream's head.
+// otherwise). Unlike it, a secret the view does not hold as active is
+// refused at once, not looked at again on the stream's head: the callout
+// answers one connection at a time, and anyone who can reach NATS could
+// otherwise hold it a round trip per made-up secret. A service whose token
+// was made through another ledger a moment ago is let in when its client
+// reconnects (nats.go tries again every 2 s).
 func (l *Ledger) AuthenticateService(secret string) (*domain.Token, error) {
-	v, err := l.verifyCurrent(secret)
-	if err != nil {
+	if err := l.current(); err != nil {
 		return nil, err
 	}
+	v := l.view.Verify(secret, l.now())
 	if v.Outcome != projections.OutcomeActive {
 		return nil, ErrUnauthenticated
 	}

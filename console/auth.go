@@ -71,6 +71,16 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *signedIn)) 
 		// Asked again on every request: a rotation, deletion or expiry of the
 		// token ends its sessions at their next request.
 		me, err := c.ledger.Resume(sess.org, sess.tokenID, sess.secretHash)
+		if errors.Is(err, app.ErrUnavailable) {
+			// This ledger cannot tell now (past its staleness bound): the
+			// session is not ended for it.
+			w.Header().Set("Retry-After", "1")
+			c.render(w, r, nil, http.StatusServiceUnavailable, "error.html", view{Title: "Console unavailable", Data: errorPage{
+				Heading: "Console unavailable",
+				Message: "The ledger cannot check your session right now (it is not in step with its event stream), so nothing was done. Try again in a moment.",
+			}})
+			return
+		}
 		if err != nil {
 			c.endSession(r, ck.Value)
 			c.sessionEnded(w, r, "ended")
