@@ -76,7 +76,17 @@ func askAgain(ctx context.Context, try func() error) error {
 }
 
 // ensureOnce is CreateOrUpdateStream with a bound on each request.
+//
+// An existing stream's replicas are never lowered: a ledger or a bootstrap
+// started with a smaller --replicas (1, the default) must not make the
+// source of truth lose its copies; lowering them is an operator's act
+// (nats stream edit).
 func ensureOnce(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	info, cancel := context.WithTimeout(ctx, streamRequestWait)
+	if s, err := js.Stream(info, cfg.Name); err == nil {
+		cfg.Replicas = max(cfg.Replicas, s.CachedInfo().Config.Replicas)
+	}
+	cancel()
 	update, cancel := context.WithTimeout(ctx, streamRequestWait)
 	defer cancel()
 	_, err := js.UpdateStream(update, cfg)

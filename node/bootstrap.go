@@ -43,6 +43,11 @@ func bootstrapFile(ctx context.Context, ledger *app.Ledger, org, final string, l
 			log.Info("recovered the bootstrap token saved before a crash", "file", final)
 			return final, nil
 		}
+		if aerr != nil && !errors.Is(aerr, app.ErrUnauthenticated) {
+			// Not known to be void (the ledger could not tell: stale, NATS
+			// away): it may be the only copy of the owner's secret.
+			return "", fmt.Errorf("bootstrap token: cannot tell whether %s holds the active bootstrap token yet: %w", pending, aerr)
+		}
 		_ = os.Remove(pending)
 	}
 	saved := false
@@ -122,6 +127,13 @@ func Bootstrap(ctx context.Context, cfg Config, out string, stdout io.Writer, lo
 	// otherwise be tried again until ctx ends.
 	if err := cfg.streamConfig().Validate(); err != nil {
 		return Bootstrapped{}, fmt.Errorf("bootstrap configuration: %w", err)
+	}
+	if out != "" {
+		unlock, err := lockWaiting(out + ".lock")
+		if err != nil {
+			return Bootstrapped{}, err
+		}
+		defer unlock()
 	}
 	conns, err := connect(ctx, cfg, nil, *cfg.Credentials, log)
 	if err != nil {

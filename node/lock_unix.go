@@ -22,7 +22,8 @@ import (
 // second still waits on the old one.
 func lockDataDir(dir string) (unlock func() error, err error) {
 	path := filepath.Join(dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// Not through a symbolic link: the lock file is truncated.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock the data directory: %w", err)
 	}
@@ -45,6 +46,26 @@ func lockDataDir(dir string) (unlock func() error, err error) {
 		_ = syscall.Flock(fd, syscall.LOCK_UN)
 		f.Close()
 		return nil, fmt.Errorf("lock the data directory: %s: %w", path, err)
+	}
+	return func() error {
+		_ = syscall.Flock(fd, syscall.LOCK_UN)
+		return f.Close()
+	}, nil
+}
+
+// lockWaiting takes an exclusive flock on path, waiting for whoever holds
+// it: two `ledger bootstrap` runs writing one --out must not interleave
+// their pending files (the second would replace the first's secret, and
+// the first would rename it into place as its own).
+func lockWaiting(path string) (unlock func() error, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	fd := int(f.Fd())
+	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return func() error {
 		_ = syscall.Flock(fd, syscall.LOCK_UN)

@@ -84,10 +84,11 @@ func newServeCmd(stdout, stderr io.Writer, started *bool) *cobra.Command {
 			if o.authFailureBurst < 0 || o.authFailureInterval < 0 {
 				return usageError{errors.New("--auth-failure-burst and --auth-failure-interval cannot be negative")}
 			}
-			if o.maxStaleness <= 0 {
+			if o.maxStaleness < 100*time.Millisecond {
 				// No way to turn it off: a ledger that may answer from any
-				// old view could accept a secret rotated away elsewhere.
-				return usageError{errors.New("--max-staleness must be a positive duration, such as 2s")}
+				// old view could accept a secret rotated away elsewhere. And
+				// not below what a round trip to the stream can show.
+				return usageError{errors.New("--max-staleness must be at least 100ms, such as 2s")}
 			}
 			if err := checkMetricsListen(o.metricsListen, o.httpAddr); err != nil {
 				return usageError{err}
