@@ -378,6 +378,38 @@ func checkLoadBalancer(t *testing.T, project *types.Project, ledgers []string, p
 	if !defaults.has("mode", "http") {
 		t.Errorf("haproxy.cfg: defaults without mode http: health checks and X-Forwarded-For need HTTP")
 	}
+	// The client's address reaches the ledgers, and only HAProxy can say
+	// it: HAProxy replaces whatever X-Forwarded-For a client sent, has a
+	// fixed address, and every ledger trusts that address alone. Otherwise
+	// every client is HAProxy, with one failed-authentication budget for
+	// all (twenty bad requests would lock everyone out), or any client
+	// names its own address.
+	for _, f := range frontends {
+		if !f.has("http-request", "set-header", "X-Forwarded-For", "%[src]") {
+			t.Errorf("haproxy.cfg: frontend %s does not set X-Forwarded-For to the client's address (replacing the client's own)", f.name)
+		}
+	}
+	var lbAddr string
+	for _, n := range lb.Networks {
+		if n != nil && n.Ipv4Address != "" {
+			lbAddr = n.Ipv4Address
+		}
+	}
+	if lbAddr == "" {
+		t.Errorf("%s: no fixed address for the ledgers to trust (networks.<net>.ipv4_address)", name)
+	}
+	for _, l := range ledgers {
+		cmd := []string(project.Services[l].Command)
+		var trusted []string
+		for i, a := range cmd {
+			if a == "--trusted-proxy" && i+1 < len(cmd) {
+				trusted = append(trusted, cmd[i+1])
+			}
+		}
+		if len(trusted) != 1 || (trusted[0] != lbAddr && trusted[0] != lbAddr+"/32") {
+			t.Errorf("%s: --trusted-proxy %v, want HAProxy's address %s alone", l, trusted, lbAddr)
+		}
+	}
 	// The published port is a frontend's.
 	var bound []string
 	for _, f := range frontends {
