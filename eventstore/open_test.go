@@ -33,7 +33,7 @@ func TestLedgersOpeningAnEmptyServerAtOnceShareOneStream(t *testing.T) {
 // the servers' meta leader sees the creations in some order, and the late
 // ones must not fail.
 func TestLedgersOpeningAnEmptyClusterAtOnceShareOneStream(t *testing.T) {
-	urls := startPlainCluster(t, 3)
+	urls, _ := startPlainCluster(t, 3)
 	for round := range 5 {
 		cfg := eventstore.DefaultConfig()
 		cfg.Stream, cfg.SubjectPrefix, cfg.Replicas = fmt.Sprintf("RACE%d", round), fmt.Sprintf("race%d", round), 3
@@ -90,7 +90,7 @@ func openAtOnce(t *testing.T, urls []string, cfg eventstore.Config, n int) {
 // startPlainCluster runs size JetStream servers in one cluster, in this
 // process, without authentication (the store's own tests), and returns their
 // client URLs once the cluster has a JetStream meta leader.
-func startPlainCluster(t *testing.T, size int) []string {
+func startPlainCluster(t *testing.T, size int) ([]string, []*server.Server) {
 	t.Helper()
 	ports := make([]int, size)
 	for i := range ports {
@@ -138,7 +138,7 @@ func startPlainCluster(t *testing.T, size int) []string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return urls
+	return urls, servers
 }
 
 // metaReady: one server leads JetStream's meta group and all are current
